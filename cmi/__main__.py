@@ -1,0 +1,52 @@
+"""Command line: ``python -m cmi <command> [--profile P] [key=value ...]``.
+
+Commands:
+  config   print the resolved config
+  data     print a summary of the dataset
+  train    train the baseline (or load it from the cache) and print its test accuracy
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import CmiError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cmi", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["config", "data", "train"])
+    parser.add_argument("--profile", default="smoke", help="a name in configs/ or a YAML path (default: smoke)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. dataset=fashion-mnist train.epochs=3 width=0.5")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except CmiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from .config import load_config
+    cfg = load_config(args.profile, args.overrides)
+    if args.command == "config":
+        print(cfg.to_yaml(), end="")
+    elif args.command == "data":
+        from .data import load_dataset
+        print(json.dumps(load_dataset(cfg).summary(), indent=2))
+    elif args.command == "train":
+        from .train import train_baseline
+        base = train_baseline(cfg, progress=not args.no_progress)
+        m = base.metrics
+        print(f"{'loaded cached' if base.cached else 'trained'} baseline {base.run_dir}")
+        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  train time {m['train_seconds']:.0f} s  "
+              f"({m['hardware']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""One config object describing a run, loaded from a profile in ``configs/`` plus overrides.
+
+A profile is a YAML file with one mapping per section (``data``, ``model``, ``train``, ...).
+Overrides are ``"key=value"`` strings (command line) or a ``{key: value}`` mapping (papermill),
+where ``key`` is ``section.field``, or a bare ``field`` when that name is unique across sections,
+or the alias ``dataset`` for ``data.name``. Values are parsed as YAML and type-checked.
+
+Each pipeline stage is cached under a hash of only the sections it depends on
+(:meth:`Config.digest`), so changing a pruning option never retrains the baseline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .errors import ConfigError
+from .paths import configs_dir
+
+DATASETS = ("cifar10", "fashion-mnist", "synthetic")
+HEADS = ("mlp", "linear")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "cifar10"              #: one of DATASETS
+    train_subset: int | None = None    #: use this many training images (seeded draw); None = all
+    test_subset: int | None = None     #: use this many test images (seeded draw); None = all
+    val_size: int = 5000               #: images held out of the training set (cutoff selection)
+    augment: bool = True               #: random crop (4-pixel padding) + horizontal flip
+
+    def validate(self) -> None:
+        _check(self.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {self.name!r}")
+        for key in ("train_subset", "test_subset"):
+            v = getattr(self, key)
+            _check(v is None or v > 0, f"data.{key}", f"must be positive or null, got {v!r}")
+        _check(self.val_size >= 0, "data.val_size", f"must be >= 0, got {self.val_size!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width: float = 1.0                 #: multiplier on every layer's filter count
+    head: str = "mlp"                  #: "mlp" (the authors' 3-layer head) or "linear"
+
+    def validate(self) -> None:
+        _check(0 < self.width <= 4, "model.width", f"must be in (0, 4], got {self.width!r}")
+        _check(self.head in HEADS, "model.head", f"must be one of {HEADS}, got {self.head!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.05                   #: peak learning rate (after warm-up)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0         #: linear warm-up from 0, then cosine decay to 0
+    label_smoothing: float = 0.0
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs!r}")
+        _check(self.batch_size >= 2, "train.batch_size", f"must be >= 2, got {self.batch_size!r}")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr!r}")
+        _check(0 <= self.momentum < 1, "train.momentum", f"must be in [0, 1), got {self.momentum!r}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs",
+               f"must be in [0, epochs], got {self.warmup_epochs!r}")
+        _check(0 <= self.label_smoothing < 1, "train.label_smoothing",
+               f"must be in [0, 1), got {self.label_smoothing!r}")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {self.eval_batch_size!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run. ``profile`` is informational; ``seed`` seeds every random draw of the run."""
+
+    profile: str = "custom"
+    seed: int = 0
+    device: str = "auto"               #: "auto" (CUDA when available), "cpu" or "cuda"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        _check(self.device in DEVICES or self.device.startswith("cuda:"), "device",
+               f"must be one of {DEVICES} or 'cuda:N', got {self.device!r}")
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self, *sections: str) -> str:
+        """Hash (12 hex digits) of the seed and the named sections: the cache key of a stage."""
+        unknown = [s for s in sections if s not in SECTIONS]
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; sections are {list(SECTIONS)}")
+        payload = {"seed": self.seed, **{s: dataclasses.asdict(getattr(self, s)) for s in sections}}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def replace(self, overrides: Mapping[str, Any] | Sequence[str] | None) -> "Config":
+        """A copy with overrides applied (see module docstring) and validated."""
+        return apply_overrides(self, overrides)
+
+
+#: Section name -> dataclass. Later stages add sections here.
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+TOP_LEVEL = ("profile", "seed", "device")
+ALIASES = {"dataset": "data.name"}
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def load_config(profile: str = "smoke", overrides: Mapping[str, Any] | Sequence[str] | None = None) -> Config:
+    """Resolve a profile name (a file in ``configs/``) or a path to a YAML file, then overrides."""
+    path = Path(profile)
+    if path.suffix not in (".yaml", ".yml"):
+        path = configs_dir() / f"{profile}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles()} "
+                              f"(or pass the path of a YAML file)")
+    elif not path.is_file():
+        raise ConfigError(f"profile file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"profile {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"profile {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
+    flat: dict[str, Any] = {"profile": raw.pop("profile", path.stem)}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"section {key!r} of profile {str(path)!r} must be a mapping")
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    cfg = apply_overrides(Config(), flat)
+    return apply_overrides(cfg, overrides)
+
+
+def _field_index() -> dict[str, str]:
+    """Bare field name -> dotted key, for names unique across sections."""
+    seen: dict[str, list[str]] = {}
+    for sec, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            seen.setdefault(f.name, []).append(f"{sec}.{f.name}")
+    return {name: keys[0] for name, keys in seen.items() if len(keys) == 1 and name not in TOP_LEVEL}
+
+
+def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, _, text = item.partition("=")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def _resolve_key(key: str) -> str:
+    key = ALIASES.get(key, key)
+    if key in TOP_LEVEL:
+        return key
+    if "." in key:
+        sec, _, name = key.partition(".")
+        if sec in SECTIONS and name in {f.name for f in dataclasses.fields(SECTIONS[sec])}:
+            return key
+        if sec not in SECTIONS:
+            raise ConfigError(f"unknown config section {sec!r} in {key!r}; sections are {list(SECTIONS)}")
+        raise ConfigError(f"unknown field {key!r}; {sec} has {[f.name for f in dataclasses.fields(SECTIONS[sec])]}")
+    index = _field_index()
+    if key in index:
+        return index[key]
+    known = sorted(list(index) + list(TOP_LEVEL) + list(ALIASES))
+    raise ConfigError(f"unknown config field {key!r}; known fields: {known} (or section.field)")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a dataclass type hint; ints are accepted for floats."""
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must not be null")
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "5e-4" as a string
+        except ValueError:
+            pass
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Sequence[str] | None) -> Config:
+    changes = _parse_overrides(overrides)
+    top: dict[str, Any] = {}
+    per_section: dict[str, dict[str, Any]] = {}
+    for raw_key, value in changes.items():
+        key = _resolve_key(raw_key)
+        if key in TOP_LEVEL:
+            top[key] = _coerce(key, value, typing.get_type_hints(Config)[key])
+        else:
+            sec, _, name = key.partition(".")
+            hint = typing.get_type_hints(SECTIONS[sec])[name]
+            per_section.setdefault(sec, {})[name] = _coerce(key, value, hint)
+    for sec, kv in per_section.items():
+        top[sec] = dataclasses.replace(getattr(cfg, sec), **kv)
+    return dataclasses.replace(cfg, **top).validate()
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from .store import atomic_write_text
+    atomic_write_text(Path(path), cfg.to_yaml())

@@ -1,0 +1,269 @@
+"""Datasets as in-memory uint8 tensors, and whole-batch augmentation on tensors.
+
+Every dataset is returned as ``(N, C, 32, 32)`` uint8 images and int64 labels, where C is 3
+(CIFAR-10, synthetic) or 1 (Fashion-MNIST, zero-padded from 28x28 and replicated to 3 channels
+only when a batch is normalised). Nothing runs per image: cropping, flipping and normalising
+work on whole batches, on whatever device the batch lives on.
+
+- ``cifar10``: torchvision's archive in ``<data root>/`` (``CMI_DATA``), downloaded when missing.
+- ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` files when installed, else torchvision's
+  download into ``<data root>/FashionMNIST``.
+- ``synthetic``: a small CIFAR-shaped dataset with learnable class structure, for tests.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import CIFAR10, FashionMNIST
+from torchvision.datasets.utils import check_integrity, download_url
+
+from .config import Config, DataConfig
+from .errors import DatasetUnavailable
+from .paths import data_root
+
+#: METHOD.md §1 normalisation for CIFAR-10 (per-channel mean and std of the training set).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# torchvision's source of truth for the CIFAR-10 archive; module attributes so tests can point
+# the loader at a fixture archive or an unreachable URL.
+CIFAR10_URL, CIFAR10_ARCHIVE, CIFAR10_MD5 = CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5
+CIFAR10_FOLDER = CIFAR10.base_folder
+CIFAR10_BATCHES = [name for name, _ in CIFAR10.train_list], [name for name, _ in CIFAR10.test_list]
+
+
+@dataclass
+class Dataset:
+    """Images are uint8 ``(N, C, 32, 32)``, labels int64 ``(N,)``; ``mean``/``std`` per RGB channel."""
+
+    name: str
+    classes: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, C, 32, 32)`` -> float32 ``(B, 3, 32, 32)``, standardised per channel."""
+        return normalize(x, self.mean, self.std)
+
+    def summary(self) -> dict:
+        return {"dataset": self.name, "classes": self.num_classes, "train": len(self.train_y),
+                "val": len(self.val_y), "test": len(self.test_y),
+                "image": list(self.train_x.shape[1:]), "mean": self.mean, "std": self.std}
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``(B, C, H, W)`` with C in {1, 3} -> float32 ``(B, 3, H, W)``: ``(x/255 - mean) / std``."""
+    x = x.float().div_(255)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+# ----------------------------------------------------------------------------- augmentation
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Crop each image of ``x`` (B, C, H, W) from its zero-padded copy at offsets ``(dy, dx)``
+    (ints in [0, 2*pad]) and mirror it horizontally where ``flip`` (bool, (B,)) is set."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = (dy[:, None] + ar_h)[:, None, :, None]                          # (B, 1, H, 1)
+    cols = (dx[:, None] + ar_w)[:, None, None, :]                          # (B, 1, 1, W)
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)     # flip = read columns backwards
+    bidx = torch.arange(b, device=x.device)[:, None, None, None]
+    cidx = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bidx, cidx, rows, cols]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with ``pad``-pixel zero padding and random horizontal flip, for a whole batch."""
+    b, dev = x.shape[0], x.device
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    return crop_flip(x, dy, dx, flip, pad)
+
+
+# ----------------------------------------------------------------------------- loading
+def load_dataset(cfg: Config | DataConfig, seed: int | None = None, root: Path | None = None) -> Dataset:
+    """Load ``cfg.data.name``, hold out ``val_size`` training images and draw the subsets.
+
+    The validation split and the subsets are seeded draws (``seed`` defaults to ``cfg.seed``), so
+    the same config always yields the same images. Validation images never overlap training ones.
+    """
+    if isinstance(cfg, Config):
+        data_cfg, seed = cfg.data, cfg.seed if seed is None else seed
+    else:
+        data_cfg, seed = cfg, 0 if seed is None else seed
+    root = Path(root) if root is not None else data_root()
+    loaders = {"cifar10": load_cifar10, "fashion-mnist": load_fashion_mnist, "synthetic": make_synthetic}
+    train_x, train_y, test_x, test_y, classes = loaders[data_cfg.name](root)
+
+    g = torch.Generator().manual_seed(seed)
+    n = len(train_y)
+    if data_cfg.val_size >= n:
+        raise DatasetUnavailable(f"data.val_size={data_cfg.val_size} leaves no training images "
+                                 f"({data_cfg.name} has {n})")
+    perm = torch.randperm(n, generator=g)
+    val_idx, train_idx = perm[:data_cfg.val_size], perm[data_cfg.val_size:]
+    if data_cfg.train_subset is not None:
+        train_idx = train_idx[:data_cfg.train_subset]
+    test_idx = torch.arange(len(test_y))
+    if data_cfg.test_subset is not None:
+        test_idx = torch.randperm(len(test_y), generator=g)[:data_cfg.test_subset]
+
+    if data_cfg.name == "cifar10":
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    else:  # statistics of the (padded) training images, replicated over RGB for grey datasets
+        pix = train_x.float().div(255).transpose(0, 1).reshape(train_x.shape[1], -1)
+        mean = tuple(pix.mean(1).tolist()) * (3 // train_x.shape[1])
+        std = tuple(pix.std(1).tolist()) * (3 // train_x.shape[1])
+    return Dataset(data_cfg.name, classes, train_x[train_idx], train_y[train_idx],
+                   train_x[val_idx], train_y[val_idx], test_x[test_idx], test_y[test_idx],
+                   tuple(mean), tuple(std))
+
+
+def _cifar_missing_message(root: Path, reason: str) -> str:
+    folder = root / CIFAR10_FOLDER
+    names = ", ".join(CIFAR10_BATCHES[0] + CIFAR10_BATCHES[1] + ["batches.meta"])
+    return (f"CIFAR-10 is not in {root} and could not be downloaded ({reason}).\n"
+            f"Expected one of:\n"
+            f"  {root / CIFAR10_ARCHIVE}  (the archive from {CIFAR10_URL}, md5 {CIFAR10_MD5}), or\n"
+            f"  {folder}/ holding {names}.\n"
+            f"Fix: copy cifar-10-python.tar.gz into {root}/ (or set CMI_DATA to the folder holding it), "
+            f"or use another dataset, e.g. dataset=fashion-mnist.")
+
+
+def load_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """CIFAR-10 from ``root``: the extracted batches, else the archive (checked, then extracted),
+    else a download of the archive. Any failure is one :class:`DatasetUnavailable` message."""
+    root = Path(root)
+    folder, archive = root / CIFAR10_FOLDER, root / CIFAR10_ARCHIVE
+    if not all((folder / f).is_file() for f in CIFAR10_BATCHES[0] + CIFAR10_BATCHES[1]):
+        if not archive.is_file():
+            part = f".{CIFAR10_ARCHIVE}.part"
+            try:
+                download_url(CIFAR10_URL, str(root), filename=part)
+            except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP errors all mean the same here
+                (root / part).unlink(missing_ok=True)
+                raise DatasetUnavailable(_cifar_missing_message(root, f"{type(e).__name__}: {e}")) from None
+            os.replace(root / part, archive)
+        if not check_integrity(str(archive), CIFAR10_MD5):
+            raise DatasetUnavailable(
+                f"{archive} is corrupt or incomplete (its md5 is not {CIFAR10_MD5}, "
+                f"size {archive.stat().st_size} bytes). Delete it and download it again from {CIFAR10_URL}.")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(root, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DatasetUnavailable(f"could not extract {archive}: {e}") from None
+    train = [_read_cifar_batch(folder / f) for f in CIFAR10_BATCHES[0]]
+    test = _read_cifar_batch(folder / CIFAR10_BATCHES[1][0])
+    classes = _read_cifar_meta(folder / "batches.meta")
+    train_x = torch.cat([x for x, _ in train])
+    train_y = torch.cat([y for _, y in train])
+    return train_x, train_y, test[0], test[1], classes
+
+
+def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickled CIFAR-10 batch: ``data`` (n, 3072) uint8 in CHW order, ``labels`` (n,)."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+        data = np.asarray(d["data"], dtype=np.uint8)
+        labels = np.asarray(d["labels"], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+            raise ValueError(f"data has shape {data.shape} and {len(labels)} labels; expected (n, 3072) and n")
+        if labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+            raise ValueError("labels outside 0..9")
+    except Exception as e:  # noqa: BLE001
+        raise DatasetUnavailable(f"CIFAR-10 file {path} is corrupt or incomplete ({type(e).__name__}: {e}). "
+                                 f"Delete {path.parent} to extract the archive again.") from None
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def _read_cifar_meta(path: Path) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            return list(pickle.load(f, encoding="latin1")["label_names"])
+    except Exception as e:  # noqa: BLE001
+        raise DatasetUnavailable(f"CIFAR-10 file {path} is missing or corrupt ({type(e).__name__}: {e})") from None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip-compressed or not), as used by MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        ndim = raw[3]
+        dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+        if raw[2] != 0x08:
+            raise ValueError(f"element type 0x{raw[2]:02x} is not uint8")
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except Exception as e:  # noqa: BLE001
+        raise DatasetUnavailable(f"{path} is not a readable IDX file ({type(e).__name__}: {e})") from None
+
+
+def load_fashion_mnist(root: Path):
+    """Fashion-MNIST padded to 32x32: Debian's files when installed, else torchvision's download."""
+    if all((DEBIAN_FASHION_MNIST / f).is_file() for pair in FASHION_FILES.values() for f in pair):
+        arrays = {split: (_read_idx(DEBIAN_FASHION_MNIST / xi), _read_idx(DEBIAN_FASHION_MNIST / yi))
+                  for split, (xi, yi) in FASHION_FILES.items()}
+        xs = {s: torch.from_numpy(x.copy()) for s, (x, _) in arrays.items()}
+        ys = {s: torch.from_numpy(y.astype(np.int64)) for s, (_, y) in arrays.items()}
+    else:
+        xs, ys = {}, {}
+        for split, train in (("train", True), ("test", False)):
+            try:
+                ds = FashionMNIST(str(root), train=train, download=True)
+            except Exception as e:  # noqa: BLE001
+                raise DatasetUnavailable(
+                    f"Fashion-MNIST is not installed and could not be downloaded ({type(e).__name__}: {e}). "
+                    f"Install Debian's package (apt-get install dataset-fashion-mnist, files in "
+                    f"{DEBIAN_FASHION_MNIST}) or put the four *-ubyte.gz files in {root}/FashionMNIST/raw/.") from None
+            xs[split], ys[split] = ds.data, ds.targets.long()
+    pad = lambda x: F.pad(x[:, None], (2, 2, 2, 2))  # noqa: E731 - (n, 28, 28) -> (n, 1, 32, 32)
+    return pad(xs["train"]), ys["train"], pad(xs["test"]), ys["test"], list(FashionMNIST.classes)
+
+
+def make_synthetic(root: Path | None = None, n_train: int = 2000, n_test: int = 500, seed: int = 1234):
+    """A CIFAR-shaped toy dataset: each of 10 classes is a smooth random colour template; an image
+    is its class template at a random contrast plus pixel noise. Always the same images."""
+    g = torch.Generator().manual_seed(seed)
+    templates = F.interpolate(torch.rand(10, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear",
+                              align_corners=False)
+    templates = (templates - templates.mean((1, 2, 3), keepdim=True)) * 2.5
+
+    def draw(n):
+        y = torch.randint(0, 10, (n,), generator=g)
+        scale = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)
+        x = 0.5 + 0.35 * scale * templates[y] + 0.12 * torch.randn(n, 3, 32, 32, generator=g)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+    (tx, ty), (sx, sy) = draw(n_train), draw(n_test)
+    return tx, ty, sx, sy, [f"class{i}" for i in range(10)]

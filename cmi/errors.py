@@ -1,0 +1,17 @@
+"""Errors the package raises on bad input; the command line prints them without a traceback."""
+
+
+class CmiError(Exception):
+    """Base class: a problem the user can fix, described in one message."""
+
+
+class ConfigError(CmiError, ValueError):
+    """A profile or override names an unknown field, has a wrong type or an invalid value."""
+
+
+class DatasetUnavailable(CmiError, RuntimeError):
+    """A dataset is neither on disk nor downloadable, or its files are corrupt."""
+
+
+class TrainingDiverged(CmiError, RuntimeError):
+    """The training loss became NaN or infinite."""

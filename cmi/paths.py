@@ -1,0 +1,30 @@
+"""Where things live: the project root, configs, data and cached artifacts.
+
+Environment variables override the defaults: ``CMI_DATA`` (datasets, default ``<root>/data``)
+and ``CMI_ARTIFACTS`` (cached baselines, activations, rankings; default ``<root>/artifacts``).
+The root is the source checkout when the package runs from one (so notebooks in
+``notebooks/`` and the Makefile share one cache), else the current directory.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def project_root() -> Path:
+    root = _PACKAGE.parent
+    return root if (root / "configs").is_dir() else Path.cwd()
+
+
+def configs_dir() -> Path:
+    return Path(os.environ.get("CMI_CONFIGS", project_root() / "configs"))
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("CMI_DATA", project_root() / "data"))
+
+
+def artifacts_root() -> Path:
+    return Path(os.environ.get("CMI_ARTIFACTS", project_root() / "artifacts"))

@@ -1,0 +1,78 @@
+"""Atomic file writes and the stage cache (one folder per stage and config hash).
+
+Every write goes to a temporary file in the destination folder and is renamed into place, so an
+interrupted run never leaves a half-written file where a good one was.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .paths import artifacts_root
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Call ``write(f)`` on a temp file next to ``path``, fsync, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_json(obj: Any, path: Path) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_torch(obj: Any, path: Path) -> Path:
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_torch(path: Path, what: str = "checkpoint") -> Any:
+    """Load a file written by :func:`save_torch`; a missing or unreadable file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
+        first_line = (str(e).strip().splitlines() or [""])[0][:160]
+        raise RuntimeError(f"{what} {str(path)!r} is unreadable or corrupt ({type(e).__name__}: {first_line}); "
+                           f"delete it to recompute") from None
+
+
+def stage_dir(stage: str, digest: str) -> Path:
+    """``<artifacts>/<stage>/<digest>/``: where a cached stage keeps its files."""
+    return artifacts_root() / stage / digest
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")

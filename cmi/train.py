@@ -1,0 +1,248 @@
+"""Training and evaluation of the baseline (and fine-tuning of pruned models).
+
+SGD with (Nesterov) momentum, linear warm-up then cosine decay per step, weight decay, optional
+label smoothing; bf16 autocast on CUDA; channels_last everywhere (about 2x faster on CPU too).
+Every epoch's randomness (shuffle, augmentation, dropout) is seeded by ``(seed, epoch)`` alone, so a
+run resumed from its last checkpoint ends with exactly the weights of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .config import Config, TrainConfig, save_config
+from .data import Dataset, augment, load_dataset
+from .errors import TrainingDiverged
+from .models import VGG16, build_model
+from .store import load_json, load_torch, save_json, save_torch, stage_dir
+
+StepHook = Callable[[int, int, nn.Module], None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} was asked for but CUDA is not available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ds: Dataset, *, device: torch.device | str = "cpu",
+             batch_size: int = 1000) -> dict[str, float]:
+    """Accuracy (fraction in [0, 1]) and mean cross-entropy (nats) of ``model`` on uint8 images ``x``."""
+    device = torch.device(device)
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(y), batch_size):
+        xb = ds.normalize(x[i:i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        yb = y[i:i + batch_size].to(device)
+        with _autocast(device):
+            logits = model(xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    n = max(len(y), 1)
+    return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+def lr_lambda(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier on the peak lr: linear warm-up over ``warmup_steps``, then cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: nn.Module, tcfg: TrainConfig, steps_per_epoch: int):
+    """SGD with weight decay on conv/linear weights only (not on BN parameters or biases)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": tcfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=tcfg.lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov and tcfg.momentum > 0)
+    total = tcfg.epochs * steps_per_epoch
+    warmup = round(tcfg.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, total, warmup))
+    return opt, sched
+
+
+@dataclass
+class History:
+    """One dict per finished epoch: epoch, lr, train_loss, train_acc, val_acc, test_acc, seconds."""
+
+    epochs: list[dict] = field(default_factory=list)
+
+    def last(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: torch.device | str = "cpu",
+        run_dir: Path | None = None, augment_images: bool = True, progress: bool = True,
+        on_step: StepHook | None = None, eval_each_epoch: bool = True) -> History:
+    """Train ``model`` in place on ``ds.train_x`` for ``tcfg.epochs`` epochs.
+
+    With ``run_dir`` a checkpoint (model, optimizer, scheduler, history) is written atomically
+    after every epoch and an existing one is resumed from. ``on_step(epoch, step, model)`` is
+    called after every optimiser step (tests use it to interrupt or poison a run).
+    Raises :class:`TrainingDiverged` if an epoch's loss is not finite; the last good checkpoint
+    is left untouched.
+    """
+    device = torch.device(device)
+    model.to(device).to(memory_format=torch.channels_last)
+    n = len(ds.train_y)
+    bs = min(tcfg.batch_size, n)
+    steps = n // bs
+    if steps == 0:
+        raise ValueError(f"no training images (dataset {ds.name} has {n})")
+    opt, sched = make_optimizer(model, tcfg, steps)
+    history = History()
+    ckpt_path = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
+    start = 0
+    if ckpt_path is not None and ckpt_path.is_file():
+        ckpt = load_torch(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        history.epochs = list(ckpt["history"])
+        start = ckpt["epoch"]
+        if progress:
+            print(f"resuming from {ckpt_path} after epoch {start}", file=sys.stderr)
+    x_all, y_all = ds.train_x.to(device), ds.train_y.to(device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+
+    for epoch in range(start, tcfg.epochs):
+        t0 = time.perf_counter()
+        es = _epoch_seed(seed, epoch)
+        torch.manual_seed(es)  # dropout
+        gen = torch.Generator(device=device).manual_seed(es)
+        perm = torch.randperm(n, generator=gen, device=device)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress,
+                   file=sys.stderr, leave=False, dynamic_ncols=True)
+        for step in bar:
+            idx = perm[step * bs:(step + 1) * bs]
+            xb = augment(x_all[idx], gen) if augment_images else x_all[idx]
+            xb = ds.normalize(xb).contiguous(memory_format=torch.channels_last)
+            yb = y_all[idx]
+            with _autocast(device):
+                logits = model(xb)
+                loss = criterion(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach()
+            correct += (logits.argmax(1) == yb).sum()
+            if on_step is not None:
+                on_step(epoch, step, model)
+            if progress and (step % 20 == 0 or step == steps - 1):
+                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}",
+                                acc=f"{correct.item() / ((step + 1) * bs):.3f}")
+        bar.close()
+        train_loss = loss_sum.item() / steps
+        if not math.isfinite(train_loss):
+            where = f"; the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if ckpt_path and epoch else ""
+            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} "
+                                   f"(peak lr {tcfg.lr}){where}. Lower train.lr or check the data.")
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
+               "train_acc": correct.item() / (steps * bs)}
+        if eval_each_epoch:
+            if len(ds.val_y):
+                row["val_acc"] = evaluate(model, ds.val_x, ds.val_y, ds, device=device,
+                                          batch_size=tcfg.eval_batch_size)["accuracy"]
+            row["test_acc"] = evaluate(model, ds.test_x, ds.test_y, ds, device=device,
+                                       batch_size=tcfg.eval_batch_size)["accuracy"]
+        row["seconds"] = time.perf_counter() - t0
+        history.epochs.append(row)
+        if progress:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                       file=sys.stderr)
+        if ckpt_path is not None:
+            save_torch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "history": history.epochs}, ckpt_path)
+    return history
+
+
+@dataclass
+class Baseline:
+    """A trained baseline: the model (on CPU, eval mode), its metrics and where it is cached."""
+
+    model: VGG16
+    metrics: dict
+    history: list[dict]
+    run_dir: Path
+    cached: bool
+
+
+def baseline_dir(cfg: Config) -> Path:
+    return stage_dir("baseline", cfg.digest("data", "model", "train"))
+
+
+def model_spec(model: VGG16) -> dict:
+    return {"num_classes": model.num_classes, "width": model.width, "head": model.head_kind}
+
+
+def load_model(path: Path) -> VGG16:
+    """A model saved by :func:`train_baseline` (state dict + spec, no pickled classes)."""
+    blob = load_torch(path, what="model file")
+    model = build_model(**blob["spec"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = None) -> Baseline:
+    """Train the baseline of ``cfg`` or load it from the cache (keyed by data, model, train, seed).
+
+    An interrupted run resumes from its last epoch. Files in the cache folder: ``config.yaml``
+    (resolved config), ``checkpoint.pt`` (while training), ``model.pt``, ``metrics.json``.
+    """
+    run_dir = baseline_dir(cfg)
+    model_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
+    if model_path.is_file() and metrics_path.is_file():
+        info = load_json(metrics_path)
+        return Baseline(load_model(model_path), info["metrics"], info["history"], run_dir, cached=True)
+    save_config(cfg, run_dir / "config.yaml")
+    ds = ds if ds is not None else load_dataset(cfg)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(num_classes=ds.num_classes, width=cfg.model.width, head=cfg.model.head)
+    t0 = time.perf_counter()
+    history = fit(model, ds, cfg.train, seed=cfg.seed, device=device, run_dir=run_dir,
+                  augment_images=cfg.data.augment, progress=progress)
+    test = evaluate(model, ds.test_x, ds.test_y, ds, device=device, batch_size=cfg.train.eval_batch_size)
+    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+               "train_seconds": sum(r["seconds"] for r in history.epochs),
+               "wall_seconds_this_run": time.perf_counter() - t0, "device": str(device),
+               "hardware": hardware_name(device), "dataset": ds.summary()}
+    model = model.cpu().eval()
+    save_torch({"spec": model_spec(model), "state_dict": model.state_dict()}, model_path)
+    save_json({"metrics": metrics, "history": history.epochs}, metrics_path)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return Baseline(model, metrics, history.epochs, run_dir, cached=False)
+
+
+def hardware_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

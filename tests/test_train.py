@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+
+from cmi.data import load_dataset
+from cmi.errors import TrainingDiverged
+from cmi.models import build_model
+from cmi.store import load_torch
+from cmi.train import evaluate, fit, load_model, lr_lambda, train_baseline
+
+
+def test_lr_schedule_warmup_then_cosine():
+    total, warm = 100, 10
+    m = [lr_lambda(s, total, warm) for s in range(total)]
+    assert m[:warm] == pytest.approx([(s + 1) / warm for s in range(warm)])
+    assert m[warm] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(m[warm:], m[warm + 1:]))
+    assert m[-1] < 0.01 and lr_lambda(warm + (total - warm) // 2, total, warm) == pytest.approx(0.5)
+
+
+def _fresh(cfg, ds):
+    torch.manual_seed(cfg.seed)
+    return build_model(num_classes=ds.num_classes, width=cfg.model.width, head=cfg.model.head)
+
+
+def test_training_learns_the_synthetic_classes(tiny_cfg):
+    cfg = tiny_cfg.replace({"epochs": 4, "train_subset": 512})
+    ds = load_dataset(cfg)
+    model = _fresh(cfg, ds)
+    before = evaluate(model, ds.test_x, ds.test_y, ds)["accuracy"]
+    hist = fit(model, ds, cfg.train, seed=cfg.seed, progress=False)
+    after = evaluate(model, ds.test_x, ds.test_y, ds)
+    assert len(hist.epochs) == 4 and {"train_loss", "val_acc", "test_acc", "lr"} <= set(hist.epochs[0])
+    assert after["accuracy"] > max(0.6, before + 0.3), (before, after)
+    assert math.isfinite(after["loss"])
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace({"epochs": 3})
+    ds = load_dataset(cfg)
+    straight = _fresh(cfg, ds)
+    fit(straight, ds, cfg.train, seed=cfg.seed, run_dir=tmp_path / "a", progress=False)
+
+    def interrupt(epoch, step, model):
+        if epoch == 1 and step == 1:
+            raise KeyboardInterrupt
+
+    resumed = _fresh(cfg, ds)
+    with pytest.raises(KeyboardInterrupt):
+        fit(resumed, ds, cfg.train, seed=cfg.seed, run_dir=tmp_path / "b", progress=False, on_step=interrupt)
+    assert load_torch(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
+    resumed = _fresh(cfg.replace({"seed": 99}), ds)  # a new process would start from other weights
+    hist = fit(resumed, ds, cfg.train, seed=cfg.seed, run_dir=tmp_path / "b", progress=False)
+    assert [r["epoch"] for r in hist.epochs] == [1, 2, 3]
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_nan_loss_is_a_clear_error_and_keeps_the_last_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace({"epochs": 3})
+    ds = load_dataset(cfg)
+
+    def poison(epoch, step, model):
+        if epoch == 1 and step == 0:
+            with torch.no_grad():
+                model.classifier[0].weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"loss became nan in epoch 2.*last good checkpoint \(epoch 1\)"):
+        fit(_fresh(cfg, ds), ds, cfg.train, seed=cfg.seed, run_dir=tmp_path, progress=False, on_step=poison)
+    ckpt = load_torch(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_baseline_is_cached_by_config(tiny_cfg):
+    first = train_baseline(tiny_cfg, progress=False)
+    assert not first.cached and (first.run_dir / "config.yaml").is_file()
+    assert not (first.run_dir / "checkpoint.pt").exists()
+    again = train_baseline(tiny_cfg, progress=False)
+    assert again.cached and again.run_dir == first.run_dir
+    assert again.metrics["test_accuracy"] == first.metrics["test_accuracy"]
+    sa, sb = first.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    other = train_baseline(tiny_cfg.replace({"lr": 0.05}), progress=False)
+    assert not other.cached and other.run_dir != first.run_dir
+    assert "train" in (first.run_dir / "config.yaml").read_text()
+
+
+def test_missing_or_corrupt_model_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file .*nothing.pt' does not exist"):
+        load_model(tmp_path / "nothing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="unreadable or corrupt.*delete it"):
+        load_model(bad)
