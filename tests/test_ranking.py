@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+
+from cmi.ranking import Ranking, rank_channels
+from naive_cmi import naive_rank
+
+
+def planted(n=48, seed=0):
+    """Post-ReLU-like maps (N, 8, 3, 3) with known structure, plus labels, inputs and a condition."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    y = y[torch.randperm(n, generator=g)]
+    means = torch.randn(4, 9, generator=g)
+    noise = lambda s: s * torch.randn(n, 9, generator=g)  # noqa: E731
+    parity = torch.randn(2, 9, generator=g)
+    ch = [means[y] + noise(0.3),                    # 0 informative
+          None,                                     # 1 redundant copy of 0
+          parity[y % 2] + noise(0.3),               # 2 informative about another aspect
+          noise(1.0),                               # 3 noise
+          torch.zeros(n, 9),                        # 4 dead
+          noise(1.0),                               # 5 noise
+          0.4 * means[y] + noise(0.8),              # 6 weakly informative
+          None]                                     # 7 exact duplicate of 3
+    ch[1] = ch[0] + noise(0.05)
+    ch[7] = ch[3].clone()
+    feats = torch.relu(torch.stack(ch, 1).reshape(n, 8, 3, 3))
+    inputs = torch.randn(n, 3, 4, 4, generator=g) + y.view(n, 1, 1, 1).float()
+    cond = [torch.relu(means[y][:, :4].reshape(n, 1, 2, 2) + 0.5 * torch.randn(n, 1, 2, 2, generator=g)),
+            torch.relu(torch.randn(n, 2, 3, 3, generator=g))]
+    return feats, y, inputs, cond
+
+
+def assert_same(engine: Ranking, ref: dict, tol=1e-8):
+    assert engine.order == ref["order"]
+    for key in ("cmi", "objective", "mi_labels"):
+        assert len(getattr(engine, key)) == len(ref[key])
+        assert max(abs(a - b) for a, b in zip(getattr(engine, key), ref[key])) < tol, key
+    if ref["mi_input"]:
+        assert max(abs(a - b) for a, b in zip(engine.mi_input, ref["mi_input"])) < tol
+    if ref["p_values"]:
+        assert engine.p_values == ref["p_values"]
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0])
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_engine_matches_naive_reference(alpha, conditioned):
+    feats, y, inputs, cond = planted()
+    condition = cond if conditioned else ()
+    res = rank_channels(feats, y, inputs=inputs, condition=condition, alpha=alpha, device="cpu")
+    ref = naive_rank(feats, y, inputs=inputs, condition=condition, alpha=alpha)
+    assert_same(res, ref)
+    assert len(res.order) == 7 and sorted(res.order + [next(iter(set(range(8)) - set(res.order)))]) == list(range(8))
+    assert res.order[0] in (0, 1, 2)        # an informative channel first
+    assert res.entropies > 0 and res.seconds > 0
+
+
+def test_permutation_test_matches_naive_reference():
+    feats, y, inputs, cond = planted()
+    res = rank_channels(feats, y, condition=cond, permutation=(20, 0.05), seed=3, device="cpu")
+    ref = naive_rank(feats, y, condition=cond, permutation=(20, 0.05), seed=3)
+    assert_same(res, ref)
+    assert res.stopped and res.p_values[-1] >= 0.05 and all(p < 0.05 for p in res.p_values[:-1])
+    assert len(res.order) < 7
+    again = rank_channels(feats, y, condition=cond, permutation=(20, 0.05), seed=3, device="cpu")
+    assert again.order == res.order and again.p_values == res.p_values
+
+
+def test_cmi_decreases_and_reaches_zero_information_left():
+    feats, y, inputs, _ = planted(n=64)
+    res = rank_channels(feats, y, inputs=inputs)
+    assert all(a >= b - 1e-9 for a, b in zip(res.cmi, res.cmi[1:]))       # remaining information shrinks
+    assert all(a <= b + 1e-9 for a, b in zip(res.objective, res.objective[1:]))
+    assert res.cmi[-1] >= -1e-9 and res.cmi[0] <= res.info["mi_labels_all"]
+    assert 0 <= min(res.mi_input) and max(res.mi_labels) <= math.log(4) + 1e-9
+    assert Ranking.from_dict(res.to_dict()) == res
+
+
+def test_degenerate_inputs_give_finite_deterministic_results():
+    feats, y, inputs, _ = planted()
+    feats[:, 5] = 0                                     # a second dead channel
+    feats[:, 6] = feats[:, 0]                           # exact duplicate
+    const_inputs = torch.ones_like(inputs)
+    a = rank_channels(feats, y, inputs=const_inputs)
+    b = rank_channels(feats, y, inputs=const_inputs)
+    assert a.order == b.order and a.cmi == b.cmi
+    assert all(math.isfinite(v) for v in a.cmi + a.mi_labels + a.mi_input)
+    assert max(abs(v) for v in a.mi_input) < 1e-9       # a constant input carries no information
+    # a dead channel adds nothing: picking it leaves I(Y; S) where it was
+    dead_steps = [t for t, j in enumerate(a.order) if j in (4, 5)]
+    assert dead_steps and all(a.objective[t] == pytest.approx(a.objective[t - 1], abs=1e-12) for t in dead_steps)
+    # a vanishing kernel width makes every sample unique: all candidates tie, lowest index first
+    tiny = rank_channels(feats, y, sigma=1e-9)
+    assert tiny.order == list(range(7)) and all(math.isfinite(v) for v in tiny.cmi)
+    zeros = rank_channels(torch.zeros(10, 3, 2, 2), torch.arange(10) % 2)
+    assert zeros.order == [0, 1] and all(math.isfinite(v) for v in zeros.cmi)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(features=torch.full((8, 3, 2, 2), float("nan"))), "features contains NaN or Inf"),
+    (dict(features=torch.ones(1, 3, 2, 2), labels=torch.zeros(1, dtype=torch.long)), "at least 2"),
+    (dict(features=torch.ones(8, 3, 4)), r"features must have shape \(N, C, H, W\)"),
+    (dict(labels=torch.zeros(7, dtype=torch.long)), "labels has 7 entries but features has N=8"),
+    (dict(labels=torch.full((8,), 10)), r"labels must lie in \[0, num_classes=10\)"),
+    (dict(labels=torch.full((8,), -1)), "labels must lie in"),
+    (dict(labels=torch.zeros(8)), "labels must be a 1-D integer tensor"),
+    (dict(inputs=torch.ones(9, 3, 2, 2)), "inputs has N=9 samples but features has N=8"),
+    (dict(inputs=torch.full((8, 3, 2, 2), float("inf"))), "inputs contains NaN or Inf"),
+    (dict(condition=[torch.ones(8, 2, 2, 2), torch.ones(6, 2, 2, 2)]), r"condition\[1\] has N=6"),
+    (dict(alpha=0), "alpha must be"),
+    (dict(permutation=(0, 0.05)), "permutation"),
+    (dict(permutation=5), "permutation must be None or"),
+    (dict(sigma="magic"), "sigma must be"),
+])
+def test_bad_input_is_one_clear_value_error(kwargs, needle):
+    args = dict(features=torch.rand(8, 3, 2, 2), labels=torch.arange(8) % 2, num_classes=10)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=needle):
+        rank_channels(args.pop("features"), args.pop("labels"), **args)
