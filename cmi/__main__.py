@@ -4,6 +4,7 @@ Commands:
   config   print the resolved config
   data     print a summary of the dataset
   train    train the baseline (or load it from the cache) and print its test accuracy
+  sweep    run every pruning plan of the profile and print the results table
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .errors import CmiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["config", "data", "train"])
+    parser.add_argument("command", choices=["config", "data", "train", "sweep"])
     parser.add_argument("--profile", default="smoke", help="a name in configs/ or a YAML path (default: smoke)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -45,6 +46,16 @@ def _run(args) -> int:
         print(f"{'loaded cached' if base.cached else 'trained'} baseline {base.run_dir}")
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  train time {m['train_seconds']:.0f} s  "
               f"({m['hardware']})")
+    elif args.command == "sweep":
+        from .sweep import run_sweep
+        res = run_sweep(cfg, progress=not args.no_progress)
+        cols = ["plan", "filters_kept", "filters_total", "params", "macs", "acc_masked", "acc_removed", "acc_finetuned"]
+        print(" ".join(f"{c:>14s}" if i else f"{c:36s}" for i, c in enumerate(cols)))
+        for row in res.rows:
+            cells = [f"{row.get(c):.4f}" if isinstance(row.get(c), float) else str(row.get(c)) for c in cols]
+            print(" ".join(f"{v:>14s}" if i else f"{v:36s}" for i, v in enumerate(cells)))
+        print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()))
+        print(f"tables: {res.folder / 'results.csv'}, {res.folder / 'layers.csv'}")
     return 0
 
 

@@ -21,10 +21,14 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .entropy import SIGMA_RULES
 from .errors import ConfigError
 from .paths import configs_dir
 
 DATASETS = ("cifar10", "fashion-mnist", "synthetic")
+FORMULATIONS = ("per-layer", "compact", "full")
+CUTOFFS = ("scree", "xmeans", "ptest")
+DIRECTIONS = ("forward", "bidirectional")
 HEADS = ("mlp", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -81,6 +85,51 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class CMIConfig:
+    """How the CMI ranking is estimated (METHOD.md §2-§3)."""
+
+    n_samples: int = 256               #: training images whose activations estimate the CMI
+    alpha: float = 1.01                #: Rényi order
+    sigma: str = "paper"               #: kernel-width rule: paper, silverman or median
+    permutations: int = 100            #: P of the permutation test
+    eta: float = 0.05                  #: significance level of the permutation test
+
+    def validate(self) -> None:
+        _check(self.n_samples >= 2, "cmi.n_samples", f"must be >= 2, got {self.n_samples!r}")
+        _check(self.alpha > 0, "cmi.alpha", f"must be > 0, got {self.alpha!r}")
+        _check(self.sigma in SIGMA_RULES, "cmi.sigma", f"must be one of {SIGMA_RULES}, got {self.sigma!r}")
+        _check(self.permutations >= 1, "cmi.permutations", f"must be >= 1, got {self.permutations!r}")
+        _check(0 < self.eta < 1, "cmi.eta", f"must be in (0, 1), got {self.eta!r}")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Which plans to run and how candidate cuts are chosen and the pruned models fine-tuned."""
+
+    formulations: tuple[str, ...] = FORMULATIONS
+    cutoffs: tuple[str, ...] = CUTOFFS
+    directions: tuple[str, ...] = DIRECTIONS
+    scree_candidates: int = 3          #: scree cuts evaluated per layer
+    select_images: int | None = None   #: held-out (val) images that score candidate cuts; None = all
+    tolerance: float = 0.0             #: keep the fewest channels within this accuracy of the best candidate
+    parallel: bool = True              #: run the two bi-directional halves concurrently
+    finetune_epochs: int = 0           #: 0 = no fine-tuning
+    finetune_lr: float = 0.01
+
+    def validate(self) -> None:
+        for key, allowed in (("formulations", FORMULATIONS), ("cutoffs", CUTOFFS), ("directions", DIRECTIONS)):
+            values = getattr(self, key)
+            _check(len(values) > 0 and all(v in allowed for v in values), f"prune.{key}",
+                   f"must be a non-empty list drawn from {allowed}, got {list(values)!r}")
+        _check(self.scree_candidates >= 1, "prune.scree_candidates", f"must be >= 1, got {self.scree_candidates!r}")
+        _check(self.select_images is None or self.select_images > 0, "prune.select_images",
+               f"must be positive or null, got {self.select_images!r}")
+        _check(0 <= self.tolerance < 1, "prune.tolerance", f"must be in [0, 1), got {self.tolerance!r}")
+        _check(self.finetune_epochs >= 0, "prune.finetune_epochs", f"must be >= 0, got {self.finetune_epochs!r}")
+        _check(self.finetune_lr > 0, "prune.finetune_lr", f"must be > 0, got {self.finetune_lr!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run. ``profile`` is informational; ``seed`` seeds every random draw of the run."""
 
@@ -90,6 +139,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cmi: CMIConfig = field(default_factory=CMIConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     def validate(self) -> "Config":
         _check(self.device in DEVICES or self.device.startswith("cuda:"), "device",
@@ -104,12 +155,16 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def digest(self, *sections: str) -> str:
-        """Hash (12 hex digits) of the seed and the named sections: the cache key of a stage."""
-        unknown = [s for s in sections if s not in SECTIONS]
-        if unknown:
-            raise ConfigError(f"unknown config section(s) {unknown}; sections are {list(SECTIONS)}")
-        payload = {"seed": self.seed, **{s: dataclasses.asdict(getattr(self, s)) for s in sections}}
+    def digest(self, *keys: str) -> str:
+        """Hash (12 hex digits) of the seed and the named sections or ``section.field`` entries:
+        the cache key of a stage, which changes only when something the stage depends on does."""
+        payload: dict[str, Any] = {"seed": self.seed}
+        for key in keys:
+            sec, _, name = key.partition(".")
+            if sec not in SECTIONS or (name and name not in {f.name for f in dataclasses.fields(SECTIONS[sec])}):
+                raise ConfigError(f"unknown config section or field {key!r}; sections are {list(SECTIONS)}")
+            value = getattr(self, sec)
+            payload[key] = getattr(value, name) if name else dataclasses.asdict(value)
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -119,7 +174,8 @@ class Config:
 
 
 #: Section name -> dataclass. Later stages add sections here.
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                             "cmi": CMIConfig, "prune": PruneConfig}
 TOP_LEVEL = ("profile", "seed", "device")
 ALIASES = {"dataset": "data.name"}
 
@@ -216,6 +272,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         raise ConfigError(f"{key} must not be null")
     base = next(a for a in args if a is not type(None)) if optional else hint
+    if typing.get_origin(base) is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{key} must be a list of strings, got {type(value).__name__} {value!r}")
+        return tuple(items)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is float and isinstance(value, str):

@@ -1,0 +1,83 @@
+"""Cutoff strategies: how many channels of a ranked layer to keep (METHOD.md §5).
+
+All functions take the CMI vector of a ranking, ``cmi[t-1]`` = CMI_t after t picks (t = 1..T), and
+return *keep counts*: keeping k channels means keeping the first k channels of the ranking.
+
+- Scree test: ratio_t = (CMI_{t-1} - CMI_t) / (CMI_t - CMI_{t+1}) for interior t (0 where the
+  denominator is 0, -1 at both ends); the largest ratios are the candidate cuts, keep = t (the
+  elbow: pick t still removed much information, pick t+1 little).
+- X-Means: cluster the points (index, CMI) with pyclustering's X-Means (two k-means++ initial
+  centres, seed 42, as in the authors' code); each boundary between consecutive clusters is a
+  candidate, keep = the number of points before it.
+- Permutation test: the ranking stopped itself; keep = the number of picks it made (the authors'
+  convention, which includes the pick whose p-value stopped it).
+Candidates are then scored by held-out accuracy (never test accuracy) and :func:`choose` picks one.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+
+def scree_ratios(cmi: Sequence[float]) -> list[float]:
+    """The scree-test ratio of every point of the CMI vector (index t-1 for CMI_t)."""
+    n = len(cmi)
+    ratios = [-1.0] * n
+    for i in range(1, n - 1):
+        den = cmi[i] - cmi[i + 1]
+        ratios[i] = 0.0 if den == 0 else (cmi[i - 1] - cmi[i]) / den
+    return ratios
+
+
+def scree_candidates(cmi: Sequence[float], top: int = 3) -> list[int]:
+    """Keep counts at the ``top`` largest scree ratios, best first (ties: fewer channels first)."""
+    if len(cmi) == 0:
+        raise ValueError("the CMI vector is empty")
+    ratios = scree_ratios(cmi)
+    order = sorted(range(len(ratios)), key=lambda i: (-ratios[i], i))
+    return [i + 1 for i in order[:top]]
+
+
+def xmeans_candidates(cmi: Sequence[float], kmax: int = 20, seed: int = 42) -> list[int]:
+    """Keep counts at the boundaries between X-Means clusters of the points (index, CMI), ascending.
+
+    Returns an empty list when X-Means finds a single cluster (no cut suggested).
+    """
+    if not hasattr(np, "warnings"):   # pyclustering 0.10 still calls numpy.warnings, removed in NumPy 1.24
+        np.warnings = warnings
+    from pyclustering.cluster.center_initializer import kmeans_plusplus_initializer
+    from pyclustering.cluster.xmeans import xmeans
+
+    points = [[float(i), float(v)] for i, v in enumerate(cmi)]
+    if len(points) < 3:
+        return []
+    centres = kmeans_plusplus_initializer(points, 2, random_state=seed).initialize()
+    model = xmeans(points, centres, kmax=kmax, random_state=seed)
+    model.process()
+    starts = sorted(min(c) for c in model.get_clusters() if c)
+    return [s for s in starts[1:] if 0 < s < len(points) + 1]
+
+
+def ptest_cut(order: Sequence[int]) -> int:
+    """Keep count from a ranking stopped by the permutation test: the number of picks it made."""
+    return len(order)
+
+
+def check_keep(keep: int, channels: int, layer: str = "layer") -> int:
+    """A keep count must leave at least one channel and cannot exceed the layer's channels."""
+    if not isinstance(keep, (int, np.integer)) or isinstance(keep, bool):
+        raise ValueError(f"{layer}: keep count must be an integer, got {keep!r}")
+    if not 1 <= keep <= channels:
+        raise ValueError(f"{layer}: cannot keep {keep} of {channels} channels (must be 1..{channels})")
+    return int(keep)
+
+
+def choose(candidates: Sequence[int], scores: Sequence[float], tolerance: float = 0.0) -> int:
+    """The candidate with the fewest channels whose held-out accuracy is within ``tolerance``
+    (a fraction, e.g. 0.005 = 0.5 pp) of the best candidate's; 0 picks the most accurate one."""
+    if not candidates:
+        raise ValueError("no candidate cuts to choose from")
+    best = max(scores)
+    return min(k for k, s in zip(candidates, scores) if s >= best - tolerance)

@@ -1,0 +1,169 @@
+"""The whole pruning study of a config: baseline, activations, every plan, evaluation, tables.
+
+    python -m cmi sweep --profile quick
+
+Everything expensive is cached under ``<artifacts>/cmi/<hash>/`` (the hash covers data, model,
+training, seed and the number of CMI samples): ``activations.pt``, ``rankings/`` (shared by all
+plans), ``plans/`` (each plan, resumable), ``evals/`` (accuracy, cost and fine-tuned weights per
+plan) and the tables ``results.csv`` (one row per plan plus the baseline) and ``layers.csv``
+(kept filters per layer and plan, tidy).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .activations import Activations, capture
+from .config import Config, save_config
+from .data import load_dataset
+from .models import LAYER_NAMES
+from .pruning import Plan, PlanSettings, load_pruned, mask_model, plan, remove_channels, save_pruned
+from .report import model_cost
+from .store import atomic_write_text, load_json, save_json, stage_dir
+from .train import evaluate, fit, hardware_name, resolve_device, train_baseline
+
+RESULT_COLUMNS = ["plan", "formulation", "cutoff", "direction", "filters_kept", "filters_total",
+                  "pruning_efficiency", "params", "macs", "latency_b1_ms", "latency_b256_ms", "acc_baseline",
+                  "acc_masked", "acc_removed", "acc_finetuned", "plan_seconds", "finetune_seconds"]
+LAYER_COLUMNS = ["plan", "formulation", "cutoff", "direction", "layer", "name", "channels", "kept",
+                 "kept_fraction", "phase", "condition"]
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict]
+    layers: list[dict]
+    plans: dict[str, Plan]
+    timings: dict
+    folder: Path
+    baseline: dict = field(default_factory=dict)
+
+
+def sweep_dir(cfg: Config) -> Path:
+    return stage_dir("cmi", cfg.digest("data", "model", "train", "cmi.n_samples"))
+
+
+def plan_names(cfg: Config) -> list[tuple[str, str, str]]:
+    p = cfg.prune
+    return list(itertools.product(p.formulations, p.cutoffs, p.directions))
+
+
+def load_or_capture(cfg: Config, model, ds, folder: Path, device) -> tuple[Activations, bool]:
+    path = folder / "activations.pt"
+    if path.is_file():
+        acts = Activations.load(path)
+        acts.check_model(model)
+        return acts, True
+    acts = capture(model, ds, n=cfg.cmi.n_samples, seed=cfg.seed, device=device)
+    model.cpu()
+    acts.save(path)
+    return acts, False
+
+
+def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _finetune_key(cfg: Config) -> str:
+    payload = {"epochs": cfg.prune.finetune_epochs, "lr": cfg.prune.finetune_lr, "train": dataclasses.asdict(cfg.train),
+               "plan": dataclasses.asdict(PlanSettings.from_config(cfg))}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, progress: bool) -> dict:
+    """Masked / removed / fine-tuned test accuracy and the removed model's cost; cached per plan."""
+    path = folder / "evals" / _finetune_key(cfg) / f"{p.name}.json"
+    if path.is_file():
+        return load_json(path)
+    kept = p.kept_channels()
+    test = lambda m: evaluate(m, ds.test_x, ds.test_y, ds, device=device)["accuracy"]  # noqa: E731
+    row = {"acc_masked": test(mask_model(base_model, kept))}
+    removed = remove_channels(base_model, kept)
+    row["acc_removed"] = test(removed)
+    row.update(model_cost(removed))
+    row["acc_finetuned"], row["finetune_seconds"] = None, 0.0
+    if cfg.prune.finetune_epochs > 0:
+        t0 = time.perf_counter()
+        tcfg = dataclasses.replace(cfg.train, epochs=cfg.prune.finetune_epochs, lr=cfg.prune.finetune_lr,
+                                   warmup_epochs=0.0)
+        fit(removed, ds, tcfg, seed=cfg.seed, device=device, augment_images=cfg.data.augment,
+            progress=progress, eval_each_epoch=False)
+        row["finetune_seconds"] = time.perf_counter() - t0
+        row["acc_finetuned"] = test(removed)
+        save_pruned(removed.cpu(), path.with_suffix(".pt"))
+    save_json(row, path)
+    return row
+
+
+def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
+    """Run (or load) every plan of ``cfg.prune`` and write ``results.csv`` and ``layers.csv``."""
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    base = train_baseline(cfg, progress=progress)
+    timings["baseline"] = time.perf_counter() - t0
+    ds = load_dataset(cfg)
+    folder = sweep_dir(cfg)
+    save_config(cfg, folder / "config.yaml")
+
+    t0 = time.perf_counter()
+    acts, _ = load_or_capture(cfg, base.model, ds, folder, device)
+    timings["capture"] = time.perf_counter() - t0
+
+    settings = PlanSettings.from_config(cfg)
+    plans: dict[str, Plan] = {}
+    rows: list[dict] = []
+    layer_rows: list[dict] = []
+    timings.update({"ranking": 0.0, "cutoff": 0.0, "evaluation": 0.0, "finetune": 0.0, "plans_wall": 0.0})
+    baseline_row = {"plan": "baseline", "filters_kept": sum(acts.widths), "filters_total": sum(acts.widths),
+                    "pruning_efficiency": 0.0, "acc_baseline": base.metrics["test_accuracy"],
+                    "acc_masked": base.metrics["test_accuracy"], "acc_removed": base.metrics["test_accuracy"],
+                    **model_cost(base.model)}
+    rows.append(baseline_row)
+    specs = plan_names(cfg)
+    for formulation, cutoff, direction in tqdm(specs, desc="plans", disable=not progress):
+        t0 = time.perf_counter()
+        p = plan(base.model, acts, formulation=formulation, cutoff=cutoff, direction=direction, ds=ds,
+                 settings=settings, device=device, cache_dir=folder, progress=progress,
+                 parallel=cfg.prune.parallel and None)
+        timings["plans_wall"] += time.perf_counter() - t0
+        for d in p.decisions:
+            timings["ranking"] += d.seconds.get("ranking", 0.0)
+            timings["cutoff"] += d.seconds.get("cutoff", 0.0)
+        plans[p.name] = p
+        t0 = time.perf_counter()
+        ev = evaluate_plan(cfg, p, base.model, ds, folder, device, progress)
+        timings["evaluation"] += time.perf_counter() - t0 - ev.get("finetune_seconds", 0.0)
+        timings["finetune"] += ev.get("finetune_seconds", 0.0)
+        rows.append({"plan": p.name, "formulation": formulation, "cutoff": cutoff, "direction": direction,
+                     "filters_kept": p.filters_kept, "filters_total": p.filters_total,
+                     "pruning_efficiency": p.efficiency, "acc_baseline": base.metrics["test_accuracy"],
+                     "plan_seconds": p.seconds, **ev})
+        by_layer = p.by_layer()
+        for i, c in enumerate(p.widths):
+            d = by_layer.get(i)
+            layer_rows.append({"plan": p.name, "formulation": formulation, "cutoff": cutoff, "direction": direction,
+                               "layer": i, "name": LAYER_NAMES[i], "channels": c, "kept": d.keep if d else c,
+                               "kept_fraction": (d.keep if d else c) / c, "phase": d.phase if d else "",
+                               "condition": " ".join(d.condition) if d else ""})
+    timings["total"] = time.perf_counter() - t_all
+    _write_csv(rows, RESULT_COLUMNS, folder / "results.csv")
+    _write_csv(layer_rows, LAYER_COLUMNS, folder / "layers.csv")
+    save_json({"timings": timings, "device": str(device), "hardware": hardware_name(device),
+               "profile": cfg.profile, "dataset": cfg.data.name}, folder / "timings.json")
+    return SweepResult(rows, layer_rows, plans, timings, folder, base.metrics)

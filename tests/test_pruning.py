@@ -1,0 +1,206 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch_pruning as tp
+
+from cmi import pruning as pruning_mod
+from cmi.activations import capture
+from cmi.config import load_config
+from cmi.cutoffs import check_keep, choose, scree_candidates, scree_ratios, xmeans_candidates
+from cmi.data import load_dataset
+from cmi.models import LAYER_NAMES, VGG16, build_model, count_params, layer_widths
+from cmi.pruning import (Plan, PlanSettings, check_plan_for_model, load_pruned, mask_model, plan, remove_channels,
+                         save_pruned)
+from cmi.report import conv_linear_macs
+from cmi.train import fit
+
+from test_models import reference_params
+
+
+# ----------------------------------------------------------------------------- cutoffs
+def test_scree_ratios_by_hand():
+    cmi = [4.0, 2.0, 1.5, 1.4, 1.4, 0.4]
+    assert scree_ratios(cmi) == pytest.approx([-1, 2.0 / 0.5, 0.5 / 0.1, 0.0, 0.0, -1])
+    assert scree_candidates(cmi, 3) == [3, 2, 4]       # keep counts: ratio at CMI_3 is largest
+    assert scree_candidates([1.0], 3) == [1]
+
+
+def test_xmeans_finds_the_segments():
+    cmi = list(np.r_[np.full(10, 3.0), np.full(10, 1.0), np.full(10, 0.1)] + np.linspace(0, 0.01, 30))
+    cuts = xmeans_candidates(cmi)
+    assert cuts and all(0 < c < 30 for c in cuts) and cuts == sorted(cuts)
+    assert xmeans_candidates(cmi) == cuts                # seeded
+    assert xmeans_candidates([1.0, 0.5]) == []
+
+
+def test_choose_and_check_keep():
+    assert choose([5, 9, 2], [0.90, 0.91, 0.80]) == 9
+    assert choose([5, 9, 2], [0.90, 0.91, 0.80], tolerance=0.02) == 5
+    assert choose([5, 3], [0.9, 0.9]) == 3
+    with pytest.raises(ValueError, match="cannot keep 0 of 8"):
+        check_keep(0, 8, "conv1_1")
+    with pytest.raises(ValueError, match="cannot keep 9 of 8"):
+        check_keep(9, 8, "conv1_1")
+
+
+# ----------------------------------------------------------------------------- surgery
+def _random_kept(widths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {l: sorted(torch.randperm(c, generator=g)[: max(1, c // 2)].tolist()) for l, c in enumerate(widths)}
+
+
+def test_mask_zeroes_exactly_the_pruned_filters():
+    model = VGG16(width=0.125, head="linear")
+    kept = _random_kept(layer_widths(0.125))
+    masked = mask_model(model, kept)
+    for l, (a, b) in enumerate(zip(model.convs(), masked.convs())):
+        pruned = sorted(set(range(a.out_channels)) - set(kept[l]))
+        assert (b.weight[pruned] == 0).all() and (b.bias[pruned] == 0).all()
+        assert torch.equal(b.weight[kept[l]], a.weight[kept[l]])
+    assert not (model.convs()[0].weight == 0).any()          # the original is untouched
+
+
+def test_removed_model_equals_masked_when_pruned_channels_output_zero(tmp_path):
+    """Where a pruned channel's BN output is 0 (β = 0, running mean 0) the masked network feeds
+    zeros forward, so the physically smaller network must compute exactly the same function."""
+    torch.manual_seed(0)
+    model = VGG16(width=0.125, head="mlp").eval()
+    widths = layer_widths(0.125)
+    kept = _random_kept(widths, seed=1)
+    bns = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for l, bn in enumerate(bns):
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.5, 2)
+            pruned = sorted(set(range(widths[l])) - set(kept[l]))
+            bn.bias[pruned] = 0
+            bn.running_mean[pruned] = 0
+    removed = remove_channels(model, kept)
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(removed(x), mask_model(model, kept)(x), atol=1e-5)
+    assert [c.out_channels for c in removed.convs()] == [len(kept[l]) for l in range(13)]
+    kept_widths = [len(kept[l]) for l in range(13)]
+    assert count_params(removed) == reference_params(kept_widths, "mlp", hidden=512)
+    assert tp.utils.count_ops_and_params(removed, torch.zeros(1, 3, 32, 32))[1] == count_params(removed)
+    save_pruned(removed, tmp_path / "p.pt")
+    again = load_pruned(tmp_path / "p.pt")
+    assert torch.equal(again(x), removed(x))
+
+
+def test_macs_closed_form():
+    model = VGG16(width=1.0, head="linear")
+    sizes, cin, macs = [32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2], 3, 0
+    for c, s in zip(layer_widths(1.0), sizes):
+        macs += 9 * cin * c * s * s
+        cin = c
+    assert conv_linear_macs(model) == macs + 512 * 10 == 313_201_664
+    pruned = remove_channels(model, {0: list(range(32))})      # half of conv1_1: its own and conv1_2's input
+    assert conv_linear_macs(pruned) == 313_201_664 - 9 * 3 * 32 * 1024 - 9 * 32 * 64 * 1024
+
+
+# ----------------------------------------------------------------------------- plans
+@pytest.fixture(scope="module")
+def trained():
+    cfg = load_config("smoke", {"dataset": "synthetic", "train_subset": 512, "test_subset": 128, "val_size": 128,
+                                "width": 0.0625, "epochs": 2, "batch_size": 64, "device": "cpu"})
+    ds = load_dataset(cfg)
+    torch.manual_seed(0)
+    model = build_model(num_classes=10, width=0.0625, head="linear")
+    fit(model, ds, cfg.train, seed=0, progress=False, eval_each_epoch=False)
+    model = model.cpu().eval()
+    acts = capture(model, ds, n=32, seed=0)
+    return model, acts, ds
+
+
+SETTINGS = PlanSettings(permutations=10)
+
+
+@pytest.mark.parametrize("formulation", ["per-layer", "compact", "full"])
+def test_forward_plans_condition_as_specified(trained, formulation, tmp_path):
+    model, acts, ds = trained
+    p = plan(model, acts, formulation=formulation, cutoff="scree", direction="forward", ds=ds,
+             settings=SETTINGS, device="cpu", progress=False)
+    assert [d.layer for d in p.decisions] == list(range(13)) and p.complete
+    for d in p.decisions:
+        expected = {"per-layer": [], "compact": list(LAYER_NAMES[max(0, d.layer - 1):d.layer]),
+                    "full": list(LAYER_NAMES[:d.layer])}[formulation]
+        assert d.condition == expected
+        assert d.keep in d.candidates and len(d.scores) == len(d.candidates) <= 3
+        assert d.kept == (d.ranking["order"] + [j for j in range(d.channels) if j not in d.ranking["order"]])[:d.keep]
+    assert p.filters_kept == sum(d.keep for d in p.decisions) and 0 < p.efficiency < 1
+    assert Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_bidirectional_halves_in_parallel_equal_sequential(trained, tmp_path):
+    model, acts, ds = trained
+    kw = dict(formulation="compact", cutoff="ptest", direction="bidirectional", ds=ds, settings=SETTINGS,
+              device="cpu", progress=False)
+    seq = plan(model, acts, parallel=False, **kw)
+    par = plan(model, acts, parallel=True, **kw)
+    strip = lambda p: [{k: v for k, v in vars(d).items() if k != "seconds"} | {"ranking": {  # noqa: E731
+        k: v for k, v in d.ranking.items() if k != "seconds"}} for d in p.decisions]
+    assert strip(seq) == strip(par) and seq.start == par.start
+    widths = acts.widths
+    pct = {l: 1 - k / widths[l] for l, k in seq.first_pass.items()}
+    assert seq.start == max(pct, key=lambda l: (pct[l], -l))
+    by = seq.by_layer()
+    assert by[seq.start].phase == "start" and by[seq.start].condition == []
+    for l, d in by.items():
+        if l > seq.start:
+            assert d.phase == "forward-half" and d.condition == [LAYER_NAMES[l - 1]]
+        elif l < seq.start:
+            assert d.phase == "backward-half" and d.condition == [LAYER_NAMES[l + 1]]
+    assert sorted(by) == list(range(13))
+
+
+def test_interrupted_plan_resumes_from_the_last_finished_layer(trained, tmp_path, monkeypatch):
+    model, acts, ds = trained
+    kw = dict(formulation="full", cutoff="xmeans", direction="forward", ds=ds, settings=SETTINGS, device="cpu",
+              progress=False)
+    straight = plan(model, acts, **kw)
+    calls, interrupted = [], []
+    real = pruning_mod.rank_channels
+
+    def flaky(*a, **k):
+        calls.append(k.get("desc"))
+        if len(calls) == 6 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pruning_mod, "rank_channels", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        plan(model, acts, cache_dir=tmp_path, **kw)
+    saved = list((tmp_path / "plans").rglob("*.json"))
+    assert len(saved) == 1 and len(Plan.load(saved[0]).decisions) == 5 and not Plan.load(saved[0]).complete
+    calls.clear()
+    resumed = plan(model, acts, cache_dir=tmp_path, **kw)
+    assert len(calls) == 8                                 # only layers 6..13 are ranked again
+    assert [d.kept for d in resumed.decisions] == [d.kept for d in straight.decisions]
+    calls.clear()
+    assert plan(model, acts, cache_dir=tmp_path, **kw).complete and calls == []   # finished: loaded
+
+
+def test_bad_plan_inputs(trained):
+    model, acts, ds = trained
+    with pytest.raises(ValueError, match="formulation must be one of"):
+        plan(model, acts, formulation="partial", ds=ds)
+    with pytest.raises(ValueError, match="expected a cmi.models.VGG16 with 13 conv layers, got Sequential"):
+        plan(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), acts, ds=ds)
+    other = build_model(num_classes=10, width=0.0625, head="linear")
+    with pytest.raises(ValueError, match="activations were captured from model"):
+        plan(other, acts, ds=ds)
+    wider = build_model(num_classes=10, width=0.125, head="linear")
+    with pytest.raises(ValueError, match="layer widths"):
+        plan(wider, acts, ds=ds)
+    p = plan(model, acts, cutoff="ptest", ds=ds, settings=SETTINGS, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="plan .* is for layer widths"):
+        check_plan_for_model(p, wider)
+    with pytest.raises(ValueError, match="cannot keep 0 of"):
+        mask_model(model, {0: []})
+    with pytest.raises(ValueError, match="must be distinct indices"):
+        remove_channels(model, {0: [0, 0]})
+    with pytest.raises(ValueError, match="needs a dataset"):
+        plan(model, acts, cutoff="scree", settings=SETTINGS, device="cpu", progress=False)
