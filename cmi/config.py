@@ -158,7 +158,8 @@ class Config:
     def digest(self, *keys: str) -> str:
         """Hash (12 hex digits) of the seed and the named sections or ``section.field`` entries:
         the cache key of a stage, which changes only when something the stage depends on does."""
-        payload: dict[str, Any] = {"seed": self.seed}
+        from .store import CACHE_VERSION
+        payload: dict[str, Any] = {"seed": self.seed, "cache_version": CACHE_VERSION}
         for key in keys:
             sec, _, name = key.partition(".")
             if sec not in SECTIONS or (name and name not in {f.name for f in dataclasses.fields(SECTIONS[sec])}):

@@ -21,13 +21,19 @@ from typing import Sequence
 import numpy as np
 
 
-def scree_ratios(cmi: Sequence[float]) -> list[float]:
-    """The scree-test ratio of every point of the CMI vector (index t-1 for CMI_t)."""
+def scree_ratios(cmi: Sequence[float], rel_tol: float = 1e-9) -> list[float]:
+    """The scree-test ratio of every point of the CMI vector (index t-1 for CMI_t).
+
+    A difference smaller than ``rel_tol`` x max|CMI| is round-off of a flat stretch (the CMI of a
+    saturated layer is 0 up to ~1e-16): it counts as 0, so noise / noise is not a huge ratio.
+    """
     n = len(cmi)
+    tol = rel_tol * max((abs(v) for v in cmi), default=0.0)
     ratios = [-1.0] * n
     for i in range(1, n - 1):
-        den = cmi[i] - cmi[i + 1]
-        ratios[i] = 0.0 if den == 0 else (cmi[i - 1] - cmi[i]) / den
+        num, den = cmi[i - 1] - cmi[i], cmi[i] - cmi[i + 1]
+        num = 0.0 if abs(num) <= tol else num
+        ratios[i] = 0.0 if abs(den) <= tol else num / den
     return ratios
 
 

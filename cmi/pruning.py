@@ -39,7 +39,7 @@ from .cutoffs import check_keep, choose, ptest_cut, scree_candidates, xmeans_can
 from .data import Dataset
 from .models import LAYER_NAMES, VGG16, build_model
 from .ranking import Ranking, rank_channels
-from .store import load_json, load_torch, save_json, save_torch
+from .store import CACHE_VERSION, load_json, load_torch, save_json, save_torch
 from .train import evaluate
 
 
@@ -209,6 +209,31 @@ def load_pruned(path: Path) -> VGG16:
 
 
 # ----------------------------------------------------------------------------- planning
+def cached_ranking(acts: Activations, layer: int, cond: list[tuple[int, list[int]]] = (), *, alpha: float = 1.01,
+                   sigma: str = "paper", permutation: tuple[int, float] | None = None, seed: int = 0,
+                   cache_dir: Path | None = None, device=None, progress: bool = False,
+                   desc: str = "ranking") -> tuple[Ranking, bool]:
+    """:func:`rank_channels` of layer ``layer`` conditioned on the kept maps ``cond`` ([(layer, kept
+    channels)]), cached in ``cache_dir/rankings/`` under a hash of everything it depends on.
+    Returns (ranking, whether it came from the cache)."""
+    key = json.dumps({"model": acts.model, "n": acts.n, "layer": layer,
+                      "condition": [[l, sorted(k)] for l, k in cond], "alpha": alpha, "sigma": sigma,
+                      "permutation": list(permutation) if permutation else None, "seed": seed,
+                      "cache_version": CACHE_VERSION}, sort_keys=True)
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / "rankings" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+        if path.is_file():
+            return Ranking.from_dict(load_json(path)), True
+    feats = acts.features
+    res = rank_channels(feats[layer], acts.labels, inputs=acts.inputs,
+                        condition=[feats[l][:, sorted(k)] for l, k in cond], alpha=alpha, sigma=sigma,
+                        permutation=permutation, device=device, seed=seed, progress=progress, desc=desc)
+    if path is not None:
+        save_json(res.to_dict(), path)
+    return res, False
+
+
 class _Planner:
     def __init__(self, model, acts, formulation, cutoff, direction, settings, ds, device, cache_dir, progress,
                  on_decision):
@@ -221,25 +246,11 @@ class _Planner:
             self.val_x = ds.val_x[:n_sel] if n_sel else ds.val_x
             self.val_y = ds.val_y[:n_sel] if n_sel else ds.val_y
 
-    # -- rankings, cached by content
     def rank(self, layer: int, cond: list[tuple[int, list[int]]], desc: str) -> tuple[Ranking, bool]:
         s = self.settings
         perm = (s.permutations, s.eta) if self.cutoff == "ptest" else None
-        key = json.dumps({"model": self.acts.model, "n": self.acts.n, "layer": layer,
-                          "condition": [[l, sorted(k)] for l, k in cond], "alpha": s.alpha, "sigma": s.sigma,
-                          "permutation": perm, "seed": s.seed}, sort_keys=True)
-        path = None
-        if self.cache_dir is not None:
-            path = Path(self.cache_dir) / "rankings" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
-            if path.is_file():
-                return Ranking.from_dict(load_json(path)), True
-        feats = self.acts.features
-        res = rank_channels(feats[layer], self.acts.labels, inputs=self.acts.inputs,
-                            condition=[feats[l][:, sorted(k)] for l, k in cond], alpha=s.alpha, sigma=s.sigma,
-                            permutation=perm, device=self.device, seed=s.seed, progress=self.progress, desc=desc)
-        if path is not None:
-            save_json(res.to_dict(), path)
-        return res, False
+        return cached_ranking(self.acts, layer, cond, alpha=s.alpha, sigma=s.sigma, permutation=perm, seed=s.seed,
+                              cache_dir=self.cache_dir, device=self.device, progress=self.progress, desc=desc)
 
     # -- scoring candidate cuts on held-out images
     def score(self, applied: dict[int, list[int]], layer: int, kept: list[int]) -> float:
@@ -328,7 +339,8 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
         parallel = (os.cpu_count() or 1) > 1 or device.type == "cuda"
     t0 = time.perf_counter()
     name = f"{formulation}-{cutoff}-{direction}"
-    settings_key = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:10]
+    settings_key = hashlib.sha256(json.dumps({**asdict(settings), "cache_version": CACHE_VERSION},
+                                             sort_keys=True).encode()).hexdigest()[:10]
     progress_path = Path(cache_dir) / "plans" / settings_key / f"{name}.json" if cache_dir is not None else None
     fresh = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, asdict(settings), [])
     current = fresh

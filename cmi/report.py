@@ -6,6 +6,7 @@ out. Latency is the median wall time of repeated forward passes on the CPU.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -43,18 +44,19 @@ def conv_linear_macs(model: nn.Module, input_shape=(1, 3, 32, 32)) -> int:
     return total
 
 
-@torch.inference_mode()
 def cpu_latency(model: nn.Module, batch: int, repeats: int = 10, warmup: int = 2) -> float:
-    """Median seconds of one forward pass of ``batch`` images on the CPU (channels_last, eval mode)."""
-    model = model.cpu().eval().to(memory_format=torch.channels_last)
+    """Median seconds of one forward pass of ``batch`` images on the CPU (a channels_last copy in
+    eval mode; the model passed in is left as it is)."""
+    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    for _ in range(warmup):
-        model(x)
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 

@@ -16,6 +16,9 @@ import torch
 
 from .paths import artifacts_root
 
+#: Part of every cache key: bump it when a code change alters what a cached stage would compute.
+CACHE_VERSION = 1
+
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Call ``write(f)`` on a temp file next to ``path``, fsync, then rename it onto ``path``."""

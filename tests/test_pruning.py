@@ -204,3 +204,19 @@ def test_bad_plan_inputs(trained):
         remove_channels(model, {0: [0, 0]})
     with pytest.raises(ValueError, match="needs a dataset"):
         plan(model, acts, cutoff="scree", settings=SETTINGS, device="cpu", progress=False)
+
+
+def test_cost_report_leaves_the_model_trainable():
+    from cmi.report import model_cost
+    model = VGG16(width=0.0625, head="linear")
+    cost = model_cost(model, latency_repeats=(2, 1))
+    assert cost["params"] == count_params(model) and cost["latency_b1_ms"] > 0
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()   # no inference tensors left behind
+
+
+def test_scree_ignores_round_off_in_flat_stretches():
+    cmi = [0.4, 0.1, 0.05, 1e-17, -2e-17, 3e-18, 0.0, 1e-17]
+    r = scree_ratios(cmi)
+    assert max(r[3:]) == 0.0            # noise over noise is no elbow
+    assert scree_candidates(cmi, 2) == [2, 3]

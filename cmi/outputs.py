@@ -1,0 +1,120 @@
+"""Figures and tables with provenance: what every notebook writes to ``figures/``.
+
+Outputs of a run go to ``figures/<profile>-<dataset>/`` (``CMI_FIGURES`` overrides the root):
+figures as PNG and PDF, each captioned with the profile, dataset and hardware; tables as CSV and
+Markdown. ``provenance/<notebook>.json`` records, for each notebook, the resolved config, the git
+commit, package versions, hardware, wall time and the files written.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from .config import Config
+from .paths import project_root
+from .store import atomic_write, atomic_write_text, save_json
+from .train import hardware_name, resolve_device
+
+PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torch-pruning", "pyclustering", "matplotlib", "seaborn", "cmi")
+
+
+def figures_dir(cfg: Config) -> Path:
+    root = Path(os.environ.get("CMI_FIGURES", project_root() / "figures"))
+    return root / f"{cfg.profile}-{cfg.data.name}"
+
+
+def git_commit() -> str:
+    try:
+        root = project_root()
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class Outputs:
+    """Writes one notebook's figures and tables, then its provenance record (:meth:`finish`)."""
+
+    def __init__(self, cfg: Config, notebook: str, folder: Path | None = None):
+        self.cfg, self.notebook = cfg, notebook
+        self.folder = Path(folder) if folder is not None else figures_dir(cfg)
+        self.hardware = hardware_name(resolve_device(cfg.device))
+        self.files: list[str] = []
+        self.t0 = time.perf_counter()
+
+    @property
+    def caption(self) -> str:
+        return f"profile {self.cfg.profile} · {self.cfg.data.name} · {self.hardware}"
+
+    def figure(self, fig, name: str) -> Path:
+        """Caption ``fig`` with the profile, dataset and hardware, save it as PNG and PDF."""
+        fig.text(0.995, 0.005, self.caption, ha="right", va="bottom", fontsize=7, color="0.35")
+        for ext in ("png", "pdf"):
+            path = self.folder / f"{name}.{ext}"
+            atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight"))
+            self.files.append(path.name)
+        return self.folder / f"{name}.png"
+
+    def table(self, rows, name: str, title: str, floatfmt: str = ".4g"):
+        """Save rows (list of dicts or a DataFrame) as CSV and Markdown; returns a DataFrame."""
+        import pandas as pd
+
+        df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+        buf = io.StringIO()
+        df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
+        atomic_write_text(self.folder / f"{name}.csv", buf.getvalue())
+        md = f"**{title}** ({self.caption})\n\n" + _markdown(df, floatfmt) + "\n"
+        atomic_write_text(self.folder / f"{name}.md", md)
+        self.files += [f"{name}.csv", f"{name}.md"]
+        return df
+
+    def text(self, content: str, name: str) -> Path:
+        path = atomic_write_text(self.folder / name, content)
+        self.files.append(name)
+        return path
+
+    def finish(self) -> dict:
+        record = {"notebook": self.notebook, "profile": self.cfg.profile, "dataset": self.cfg.data.name,
+                  "hardware": self.hardware, "device": str(resolve_device(self.cfg.device)), "git_commit": git_commit(),
+                  "packages": package_versions(), "wall_seconds": round(time.perf_counter() - self.t0, 1),
+                  "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": sorted(set(self.files)),
+                  "config": self.cfg.to_dict()}
+        save_json(record, self.folder / "provenance" / f"{self.notebook}.json")
+        return record
+
+
+def _markdown(df, floatfmt: str) -> str:
+    """A GitHub Markdown table without the optional ``tabulate`` dependency."""
+    def cell(v):
+        if isinstance(v, float):
+            return "" if v != v else format(v, floatfmt)
+        return "" if v is None else str(v)
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    lines = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, sep, *lines])
+
+
+def print_json(obj) -> None:
+    """Deterministic printing for cells whose output nbval compares."""
+    print(json.dumps(obj, indent=1, sort_keys=True))

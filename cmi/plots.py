@@ -1,0 +1,169 @@
+"""Plotting functions for the notebooks: each takes results, returns a matplotlib Figure."""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from .models import LAYER_NAMES
+
+STRATEGY_COLOURS = {"scree": "tab:blue", "xmeans": "tab:orange", "ptest": "tab:green"}
+
+
+def sample_grid(ds, per_class: int = 8, seed: int = 0):
+    """A grid of training images, one row per class."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(ds.num_classes, per_class, figsize=(per_class * 0.8, ds.num_classes * 0.85))
+    for c in range(ds.num_classes):
+        idx = (ds.train_y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)[:per_class]]
+        for j, ax in enumerate(axes[c]):
+            ax.axis("off")
+            if j < len(idx):
+                img = ds.train_x[idx[j]].permute(1, 2, 0).numpy()
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        axes[c][0].set_title(ds.classes[c], fontsize=7, loc="left")
+    fig.suptitle(f"{ds.name}: training images by class (32x32)")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(history: list[dict]):
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(ep, [r["train_loss"] for r in history], marker="o")
+    a.set(xlabel="epoch", ylabel="training loss (nats, label-smoothed)", title="loss")
+    for key, label in (("train_acc", "train (augmented)"), ("val_acc", "held-out"), ("test_acc", "test")):
+        if key in history[0]:
+            b.plot(ep, [100 * r[key] for r in history], marker="o", label=label)
+    b.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _grid(n: int, cols: int = 5, size=(3.0, 2.3)):
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def cmi_curves(rankings: list, cuts: dict[str, dict[str, list[int]]] | None = None, title: str = ""):
+    """CMI_t against the number of channels selected t, one panel per layer; optional cut markers
+    ``cuts[layer name][strategy] = [keep counts]`` (the chosen one drawn solid)."""
+    fig, axes = _grid(len(rankings))
+    for ax, r, name in zip(axes, rankings, LAYER_NAMES):
+        t = np.arange(1, len(r.cmi) + 1)
+        ax.plot(t, r.cmi, color="k", lw=1.2)
+        ax.set_title(f"{name} (C={r.n_channels})", fontsize=9)
+        ax.set_xlabel("channels selected t", fontsize=8)
+        ax.set_ylabel("CMI_t (nats)", fontsize=8)
+        for strategy, ks in (cuts or {}).get(name, {}).items():
+            for i, k in enumerate(ks):
+                ax.axvline(k, color=STRATEGY_COLOURS.get(strategy, "0.5"), lw=1, ls="-" if i == 0 else ":",
+                           label=strategy if i == 0 else None)
+    if cuts:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower right", fontsize=8)
+    fig.suptitle(title or "Remaining label information CMI_t = I(Y; R | S) per layer")
+    fig.tight_layout()
+    return fig
+
+
+def mi_curves(rankings: list, title: str = ""):
+    """I(S; Y) and I(input; S) against the number of selected channels, one panel per layer."""
+    fig, axes = _grid(len(rankings))
+    for ax, r, name in zip(axes, rankings, LAYER_NAMES):
+        t = np.arange(1, len(r.mi_labels) + 1)
+        ax.plot(t, r.mi_labels, label="I(S; Y)")
+        if r.mi_input:
+            ax.plot(t, r.mi_input, label="I(input; S)")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("channels selected t", fontsize=8)
+        ax.set_ylabel("nats", fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "Information kept by the selected channels")
+    fig.tight_layout()
+    return fig
+
+
+def kept_heatmap(layers_df, title: str = "Filters kept per layer (% of the layer)"):
+    """Heatmap: one row per plan, one column per layer, cells = percent of filters kept."""
+    pivot = layers_df.pivot(index="plan", columns="name", values="kept_fraction")[list(LAYER_NAMES)] * 100
+    counts = layers_df.pivot(index="plan", columns="name", values="kept")[list(LAYER_NAMES)]
+    fig, ax = plt.subplots(figsize=(12, 0.42 * len(pivot) + 1.8))
+    sns.heatmap(pivot, annot=counts, fmt="d", cmap="viridis", vmin=0, vmax=100, ax=ax,
+                cbar_kws={"label": "% of filters kept"}, annot_kws={"fontsize": 7})
+    ax.set(xlabel="layer (cells: filters kept)", ylabel="plan", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(results_df, columns=("acc_masked", "acc_removed", "acc_finetuned"), title: str = ""):
+    """Test accuracy of each plan under each way of applying it, with the baseline as a line."""
+    base = results_df.loc[results_df.plan == "baseline", "acc_baseline"].iloc[0] * 100
+    df = results_df[results_df.plan != "baseline"]
+    cols = [c for c in columns if c in df and df[c].notna().any()]
+    long = df.melt(id_vars=["plan"], value_vars=cols, var_name="applied as", value_name="accuracy")
+    long["accuracy"] = long["accuracy"].astype(float) * 100
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(df) * max(1, len(cols)) / 2 + 2))
+    sns.barplot(long, y="plan", x="accuracy", hue="applied as", ax=ax, orient="h")
+    ax.axvline(base, color="k", ls="--", lw=1, label=f"baseline {base:.2f}%")
+    ax.set(xlabel="test accuracy (%)", ylabel="", title=title or "Test accuracy of the pruned networks")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def cost_accuracy(results_df, title: str = ""):
+    """Accuracy against parameters, MACs and batch-1 CPU latency, one point per plan."""
+    df = results_df.copy()
+    acc_col = "acc_finetuned" if df["acc_finetuned"].notna().any() else "acc_removed"
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (col, label, scale) in zip(axes, (("params", "parameters (M)", 1e-6), ("macs", "MACs (M)", 1e-6),
+                                              ("latency_b1_ms", "CPU latency, batch 1 (ms)", 1.0))):
+        for _, row in df.iterrows():
+            acc = row["acc_baseline"] if row["plan"] == "baseline" else row[acc_col]
+            if acc is None or acc != acc:
+                continue
+            marker = "*" if row["plan"] == "baseline" else "o"
+            ax.scatter(row[col] * scale, 100 * acc, marker=marker, s=80 if marker == "*" else 25,
+                       color="k" if marker == "*" else STRATEGY_COLOURS.get(row.get("cutoff"), "0.4"))
+        ax.set(xlabel=label, ylabel=f"test accuracy (%), {acc_col.replace('acc_', '')}")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=s) for s, c in STRATEGY_COLOURS.items()]
+    handles.append(plt.Line2D([], [], marker="*", ls="", color="k", markersize=10, label="baseline"))
+    axes[-1].legend(handles=handles, fontsize=8)
+    fig.suptitle(title or "Cost against accuracy (colour: cutoff strategy)")
+    fig.tight_layout()
+    return fig
+
+
+def mi_vs_rho(rows):
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    r = [x["rho"] for x in rows]
+    ax.plot(r, [x["matrix_mi"] for x in rows], marker="o", label="matrix-based I(X;Y), α=1.01")
+    ax.plot(r, [x["shannon_mi"] for x in rows], marker="s", label="Shannon −½log(1−ρ²)")
+    ax.set(xlabel="correlation ρ", ylabel="nats", title="Gaussian pairs of set correlation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sigma_plot(rows):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for pair in ("correlated", "independent"):
+        xs = [r for r in rows if r["pair"] == pair]
+        a.plot([r["factor"] for r in xs], [r["mi"] for r in xs], marker="o", label=pair)
+        b.plot([r["factor"] for r in xs], [r["entropy_x"] for r in xs], marker="o", label=pair)
+    for ax, lab in ((a, "I(X; Y) (nats)"), (b, "S(X) (nats)")):
+        ax.set_xscale("log")
+        ax.set(xlabel="σ / paper rule", ylabel=lab)
+    a.legend(fontsize=8)
+    fig.suptitle("Sensitivity to the kernel width")
+    fig.tight_layout()
+    return fig
