@@ -1,7 +1,8 @@
-# make test        create .venv (tested torch pinned below) and run the whole test suite
-# make reproduce   run the full pipeline: PROFILE=paper|quick|smoke, DATASET=cifar10|fashion-mnist|...
+# make test        create .venv (tested torch pinned below), run the unit tests and validate the notebooks
+# make reproduce   run the numbered notebooks with papermill: PROFILE=paper|quick|smoke, DATASET=cifar10|fashion-mnist
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
 # make lab         JupyterLab on notebooks/
+# make strip       strip committed notebooks of outputs (except NBVAL_CHECK_OUTPUT cells) and volatile metadata
 # make env         only create the environment
 # make clean       remove build outputs and cached artifacts (keeps .venv and data/)
 
@@ -13,8 +14,12 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PROFILE ?= paper
 DATASET ?=
 OVERRIDES := $(if $(DATASET),dataset=$(DATASET))
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
+PAPERMILL := $(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING -p profile $(PROFILE) \
+	$(if $(DATASET),-p dataset $(DATASET))
 
-.PHONY: env test reproduce smoke lab clean distclean
+.PHONY: env test reproduce smoke lab strip clean distclean
 
 env: $(VENV)/.installed
 
@@ -26,16 +31,31 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: env
-	$(PY) -m pytest
+	$(PY) -m pytest --nbval-lax tests notebooks
 
 reproduce: env
-	$(PY) -m cmi train --profile $(PROFILE) $(OVERRIDES)
+	@$(PY) -m cmi estimate --profile $(PROFILE) $(OVERRIDES)
+	@$(PY) -m cmi data --profile $(PROFILE) $(OVERRIDES) > /dev/null
+	@mkdir -p $(BUILD)
+	@start=$$(date +%s); set -e; for nb in $(NOTEBOOKS); do \
+		t0=$$(date +%s); $(PAPERMILL) $$nb $(BUILD)/$$(basename $$nb); \
+		echo "$$(basename $$nb): $$(( $$(date +%s) - t0 )) s"; \
+	done; echo "make reproduce PROFILE=$(PROFILE) $(DATASET): $$(( $$(date +%s) - start )) s;" \
+		"executed notebooks in $(BUILD)/, figures and tables in figures/"
 
 smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/
+
+# nbval needs an execution count on the cells whose output it compares: those get 1, all others none.
+strip: env
+	$(VENV)/bin/nbstripout --extra-keys "metadata.papermill cell.metadata.papermill cell.metadata.execution" \
+		$(NOTEBOOKS)
+	$(PY) -c 'import sys, nbformat as f; [f.write(nb, p) for p in sys.argv[1:] for nb in [f.read(p, 4)] \
+		if [c.update(execution_count=1) for c in nb.cells if c.get("metadata", {}).get("keep_output")] or 1]' \
+		$(NOTEBOOKS)
 
 clean:
 	rm -rf build artifacts .pytest_cache

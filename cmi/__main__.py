@@ -5,6 +5,7 @@ Commands:
   data     print a summary of the dataset
   train    train the baseline (or load it from the cache) and print its test accuracy
   sweep    run every pruning plan of the profile and print the results table
+  estimate say how long `make reproduce` would take with the profile on this machine
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .errors import CmiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["config", "data", "train", "sweep"])
+    parser.add_argument("command", choices=["config", "data", "train", "sweep", "estimate"])
     parser.add_argument("--profile", default="smoke", help="a name in configs/ or a YAML path (default: smoke)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -46,6 +47,9 @@ def _run(args) -> int:
         print(f"{'loaded cached' if base.cached else 'trained'} baseline {base.run_dir}")
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  train time {m['train_seconds']:.0f} s  "
               f"({m['hardware']})")
+    elif args.command == "estimate":
+        from .bench import estimate_run, format_estimate
+        print(format_estimate(cfg, estimate_run(cfg)))
     elif args.command == "sweep":
         from .sweep import run_sweep
         res = run_sweep(cfg, progress=not args.no_progress)

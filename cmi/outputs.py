@@ -118,3 +118,34 @@ def _markdown(df, floatfmt: str) -> str:
 def print_json(obj) -> None:
     """Deterministic printing for cells whose output nbval compares."""
     print(json.dumps(obj, indent=1, sort_keys=True))
+
+
+def start_notebook(profile: str, dataset: str | None = None, overrides: dict | None = None,
+                   notebook: str = "notebook"):
+    """Resolve the run's config from the notebook's parameters and prepare its outputs.
+
+    Figures and tables go to ``figures/<profile>-<dataset>/``, with a suffix naming a hash of any
+    further overrides so that runs with other settings never overwrite each other."""
+    import hashlib
+
+    import matplotlib
+    import seaborn as sns
+
+    from .config import load_config
+
+    os.environ.setdefault("TQDM_MININTERVAL", "2")   # executed notebooks keep a short progress log
+    over = dict(overrides or {})
+    if dataset:
+        over["dataset"] = dataset
+    cfg = load_config(profile, over)
+    folder = figures_dir(cfg)
+    extra = {k: v for k, v in (overrides or {}).items()}
+    if extra:
+        folder = folder.with_name(folder.name + "-" + hashlib.sha256(
+            json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:8])
+    sns.set_theme(context="notebook", style="whitegrid")
+    matplotlib.rcParams["figure.dpi"] = 80
+    out = Outputs(cfg, notebook, folder)
+    print(f"{notebook}: profile {cfg.profile}, dataset {cfg.data.name}, width {cfg.model.width}, "
+          f"{out.hardware}; outputs -> {out.folder}")
+    return cfg, out

@@ -69,7 +69,7 @@ def cmi_curves(rankings: list, cuts: dict[str, dict[str, list[int]]] | None = No
                            label=strategy if i == 0 else None)
     if cuts:
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower right", fontsize=8)
+        fig.legend(handles, labels, loc="upper right", fontsize=8)
     fig.suptitle(title or "Remaining label information CMI_t = I(Y; R | S) per layer")
     fig.tight_layout()
     return fig

@@ -348,6 +348,7 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
         saved = Plan.load(progress_path)
         if saved.model == fresh.model and saved.settings == fresh.settings and saved.widths == fresh.widths:
             if saved.complete:
+                saved.loaded = True   # not a field: tells callers nothing was computed
                 return saved
             current = saved
 

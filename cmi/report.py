@@ -65,3 +65,60 @@ def model_cost(model: nn.Module, latency_repeats: tuple[int, int] = (20, 5)) -> 
     return {"params": count_params(model), "macs": conv_linear_macs(model),
             "latency_b1_ms": 1e3 * cpu_latency(model, 1, latency_repeats[0]),
             "latency_b256_ms": 1e3 * cpu_latency(model, 256, latency_repeats[1])}
+
+
+def layer_table(model: nn.Module) -> list[dict]:
+    """One row per conv layer: filters, output size, parameters (conv + BN) and MACs per image."""
+    from .models import LAYER_NAMES
+
+    rows, sizes = [], []
+    hooks = [c.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1])) for c in model.convs()]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    bns = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    for name, conv, bn, s in zip(LAYER_NAMES, model.convs(), bns, sizes):
+        rows.append({"layer": name, "in": conv.in_channels, "filters": conv.out_channels, "output": f"{s}x{s}",
+                     "params": sum(p.numel() for p in (*conv.parameters(), *bn.parameters())),
+                     "macs": conv.out_channels * conv.in_channels * 9 * s * s})
+    return rows
+
+
+def paper_tables(results, baseline_acc: float):
+    """Table 1 (formulation x direction, per cutoff) and Table 2 (cutoffs, per formulation and
+    direction) in the paper's terms: filters kept of all, pruning efficiency, accuracy and its drop."""
+    import pandas as pd
+
+    df = results[results.plan != "baseline"].copy()
+    df["filters"] = df.filters_kept.astype(int).astype(str) + " / " + df.filters_total.astype(int).astype(str)
+    df["pruning efficiency (%)"] = 100 * df.pruning_efficiency
+    df["accuracy masked (%)"] = 100 * df.acc_masked
+    df["drop (pp)"] = 100 * (baseline_acc - df.acc_masked)
+    if df.acc_finetuned.notna().any():
+        df["accuracy fine-tuned (%)"] = 100 * df.acc_finetuned.astype(float)
+    cols = [c for c in ("filters", "pruning efficiency (%)", "accuracy masked (%)", "drop (pp)",
+                        "accuracy fine-tuned (%)") if c in df]
+    t1 = df.sort_values(["cutoff", "direction", "formulation"])[["cutoff", "direction", "formulation", *cols]]
+    t2 = df.sort_values(["formulation", "direction", "cutoff"])[["formulation", "direction", "cutoff", *cols]]
+    return pd.DataFrame(t1).reset_index(drop=True), pd.DataFrame(t2).reset_index(drop=True)
+
+
+def headline(results, baseline_acc: float, max_drop_pp: float = 1.0) -> str:
+    """The paper-style headline: the plan removing the most filters within ``max_drop_pp`` of the
+    baseline's test accuracy (masked, no fine-tuning: the paper's protocol)."""
+    df = results[results.plan != "baseline"]
+    ok = df[100 * (baseline_acc - df.acc_masked) <= max_drop_pp]
+    if ok.empty:
+        best = df.loc[df.acc_masked.idxmax()]
+        return (f"No plan stays within {max_drop_pp:g} pp of the baseline ({100 * baseline_acc:.2f}%) without "
+                f"fine-tuning. The most accurate, {best.plan}, removes {int(best.filters_total - best.filters_kept)} "
+                f"of {int(best.filters_total)} filters at {100 * best.acc_masked:.2f}% "
+                f"({100 * (best.acc_masked - baseline_acc):+.2f} pp).")
+    best = ok.loc[ok.pruning_efficiency.idxmax()]
+    return (f"{best.plan}: {int(best.filters_total - best.filters_kept)} of {int(best.filters_total)} filters "
+            f"removed ({100 * best.pruning_efficiency:.1f}%), test accuracy {100 * best.acc_masked:.2f}% vs "
+            f"{100 * baseline_acc:.2f}% ({100 * (best.acc_masked - baseline_acc):+.2f} pp), masked, no fine-tuning.")

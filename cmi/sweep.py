@@ -109,10 +109,9 @@ def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, pr
     return row
 
 
-def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
-    """Run (or load) every plan of ``cfg.prune`` and write ``results.csv`` and ``layers.csv``."""
-    t_all = time.perf_counter()
-    timings: dict[str, float] = {}
+def prepare(cfg: Config, progress: bool = True, timings: dict | None = None):
+    """Baseline (trained or cached), dataset, sweep folder and activations (captured or cached)."""
+    timings = {} if timings is None else timings
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     base = train_baseline(cfg, progress=progress)
@@ -120,20 +119,43 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
     ds = load_dataset(cfg)
     folder = sweep_dir(cfg)
     save_config(cfg, folder / "config.yaml")
-
     t0 = time.perf_counter()
     acts, _ = load_or_capture(cfg, base.model, ds, folder, device)
     timings["capture"] = time.perf_counter() - t0
+    return base, ds, folder, acts, device
+
+
+def layer_rankings(cfg: Config, alpha: float | None = None, permutation: bool = False,
+                   progress: bool = True) -> list:
+    """Per-layer CMI rankings (no conditioning) of all 13 layers of the baseline, cached."""
+    from .pruning import cached_ranking
+
+    base, ds, folder, acts, device = prepare(cfg, progress)
+    alpha = cfg.cmi.alpha if alpha is None else alpha
+    perm = (cfg.cmi.permutations, cfg.cmi.eta) if permutation else None
+    return [cached_ranking(acts, layer, [], alpha=alpha, sigma=cfg.cmi.sigma, permutation=perm, seed=cfg.seed,
+                           cache_dir=folder, device=device, progress=progress, desc=name)[0]
+            for layer, name in enumerate(LAYER_NAMES)]
+
+
+def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
+    """Run (or load) every plan of ``cfg.prune`` and write ``results.csv`` and ``layers.csv``."""
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    base, ds, folder, acts, device = prepare(cfg, progress, timings)
 
     settings = PlanSettings.from_config(cfg)
     plans: dict[str, Plan] = {}
     rows: list[dict] = []
     layer_rows: list[dict] = []
     timings.update({"ranking": 0.0, "cutoff": 0.0, "evaluation": 0.0, "finetune": 0.0, "plans_wall": 0.0})
+    cost_path = folder / "evals" / "baseline_cost.json"
+    if not cost_path.is_file():
+        save_json(model_cost(base.model), cost_path)
     baseline_row = {"plan": "baseline", "filters_kept": sum(acts.widths), "filters_total": sum(acts.widths),
                     "pruning_efficiency": 0.0, "acc_baseline": base.metrics["test_accuracy"],
                     "acc_masked": base.metrics["test_accuracy"], "acc_removed": base.metrics["test_accuracy"],
-                    **model_cost(base.model)}
+                    **load_json(cost_path)}
     rows.append(baseline_row)
     specs = plan_names(cfg)
     for formulation, cutoff, direction in tqdm(specs, desc="plans", disable=not progress):
@@ -142,9 +164,10 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
                  settings=settings, device=device, cache_dir=folder, progress=progress,
                  parallel=cfg.prune.parallel and None)
         timings["plans_wall"] += time.perf_counter() - t0
-        for d in p.decisions:
-            timings["ranking"] += d.seconds.get("ranking", 0.0)
-            timings["cutoff"] += d.seconds.get("cutoff", 0.0)
+        if not getattr(p, "loaded", False):   # computed (or resumed) in this run, not loaded whole
+            for d in p.decisions:
+                timings["ranking"] += d.seconds.get("ranking", 0.0)
+                timings["cutoff"] += d.seconds.get("cutoff", 0.0)
         plans[p.name] = p
         t0 = time.perf_counter()
         ev = evaluate_plan(cfg, p, base.model, ds, folder, device, progress)

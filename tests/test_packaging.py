@@ -36,3 +36,22 @@ def test_makefile_pins_a_torch_inside_the_declared_range():
     lo, hi = re.search(r">=([\d.]+),<([\d.]+)", torch_req).groups()
     version = tuple(int(p) for p in pin.group(1).split("."))
     assert tuple(int(p) for p in lo.split(".")) <= version < tuple(int(p) for p in hi.split("."))
+
+
+def test_notebooks_are_numbered_parameterised_and_stripped():
+    import json
+
+    books = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert [b.name[:3] for b in books] == [f"{i:02d}_" for i in range(len(books))] and len(books) >= 8
+    for book in books:
+        nb = json.loads(book.read_text())
+        assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, book.name
+        params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(params) == 1 and "CMI_PROFILE" in "".join(params[0]["source"]), book.name
+        for cell in nb["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            checked = "NBVAL_CHECK_OUTPUT" in "".join(cell["source"])
+            assert bool(cell.get("metadata", {}).get("keep_output")) == checked, book.name
+            assert bool(cell["outputs"]) == checked, f"{book.name}: outputs left in an unchecked cell"
+            assert "papermill" not in cell.get("metadata", {}) and "execution" not in cell.get("metadata", {})
