@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. dataset=fashion-mnist train.epochs=3 width=0.5")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         return _run(args)
     except CmiError as e:

@@ -145,7 +145,8 @@ def bench_vgg(device: torch.device, layers: list[str], alphas: list[float], n: i
         for name in layers:
             i = LAYER_NAMES.index(name)
             feats = _random_layer(n, widths[i], SPATIAL[i], gen)
-            res = rank_channels(feats, labels, inputs=inputs, alpha=alpha, device=device, progress=True, desc=name)
+            res = rank_channels(feats, labels, inputs=inputs, alpha=alpha, device=device,
+                                progress=sys.stderr.isatty(), desc=name)
             floor = eig_floor(feats, labels, res.entropies, device) if alpha != 2 else float("nan")
             total += res.seconds
             floor_total += floor if alpha != 2 else 0

@@ -28,12 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from .activations import Activations, check_vgg, model_fingerprint
+from .activations import Activations, check_vgg
 from .config import CUTOFFS, DIRECTIONS, FORMULATIONS
 from .cutoffs import check_keep, choose, ptest_cut, scree_candidates, xmeans_candidates
 from .data import Dataset

@@ -20,14 +20,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from .activations import Activations, capture
 from .config import Config, save_config
 from .data import load_dataset
 from .models import LAYER_NAMES
-from .pruning import Plan, PlanSettings, load_pruned, mask_model, plan, remove_channels, save_pruned
+from .pruning import Plan, PlanSettings, mask_model, plan, remove_channels, save_pruned
 from .report import model_cost
 from .store import atomic_write_text, load_json, save_json, stage_dir
 from .train import evaluate, fit, hardware_name, resolve_device, train_baseline

@@ -81,3 +81,12 @@ def test_yaml_round_trip(tmp_path):
     assert load_config(str(path)) == cfg
     assert dataclasses.asdict(cfg)["train"]["epochs"] == 7
     assert isinstance(cfg, Config)
+
+
+def test_command_line_takes_overrides_after_options(capsys):
+    from cmi.__main__ import main
+    assert main(["config", "--profile", "quick", "dataset=synthetic", "train.epochs=2"]) == 0
+    text = capsys.readouterr().out
+    assert "name: synthetic" in text and "epochs: 2" in text
+    assert main(["config", "--profile", "quick", "epochs=many"]) == 2
+    assert "train.epochs must be int" in capsys.readouterr().err
