@@ -16,7 +16,8 @@ DATASET ?=
 OVERRIDES := $(if $(DATASET),dataset=$(DATASET))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
-PAPERMILL := $(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING -p profile $(PROFILE) \
+# Progress bars refresh every 30 s inside executed notebooks, which store every refresh.
+PAPERMILL := TQDM_MININTERVAL=30 $(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING -p profile $(PROFILE) \
 	$(if $(DATASET),-p dataset $(DATASET))
 
 .PHONY: env test reproduce smoke lab strip clean distclean

@@ -46,6 +46,21 @@ class SweepResult:
     timings: dict
     folder: Path
     baseline: dict = field(default_factory=dict)
+    recorded: dict = field(default_factory=dict)   #: timings.json: the costs when last computed
+
+    def timing_rows(self) -> list[dict]:
+        """Seconds per part of the study, as computed (``recorded``) and in this call."""
+        parts = {"baseline training": "baseline", "activation capture": "capture", "CMI rankings": "ranking",
+                 "cutoffs (scoring candidate cuts)": "cutoff", "evaluation (masked, removed, cost)": "evaluation",
+                 "fine-tuning": "finetune", "plans (rankings + cutoffs, wall)": "plans_wall",
+                 "whole sweep call": "total"}
+        computed = dict(self.recorded)
+        computed["baseline"] = self.baseline.get("train_seconds", computed.get("baseline"))
+        capture_record = self.folder / "capture.json"
+        if capture_record.is_file():
+            computed["capture"] = load_json(capture_record)["seconds"]
+        return [{"part": label, "seconds when computed": computed.get(key), "seconds this run": self.timings.get(key)}
+                for label, key in parts.items()]
 
 
 def sweep_dir(cfg: Config) -> Path:
@@ -63,9 +78,11 @@ def load_or_capture(cfg: Config, model, ds, folder: Path, device) -> tuple[Activ
         acts = Activations.load(path)
         acts.check_model(model)
         return acts, True
+    t0 = time.perf_counter()
     acts = capture(model, ds, n=cfg.cmi.n_samples, seed=cfg.seed, device=device)
     model.cpu()
     acts.save(path)
+    save_json({"seconds": time.perf_counter() - t0, "images": cfg.cmi.n_samples}, folder / "capture.json")
     return acts, False
 
 
@@ -83,11 +100,12 @@ def _finetune_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, progress: bool) -> dict:
-    """Masked / removed / fine-tuned test accuracy and the removed model's cost; cached per plan."""
+def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, progress: bool) -> tuple[dict, bool]:
+    """Masked / removed / fine-tuned test accuracy and the removed model's cost, cached per plan;
+    returns ``(row, computed)``, ``computed`` False when the row was loaded from the cache."""
     path = folder / "evals" / _finetune_key(cfg) / f"{p.name}.json"
     if path.is_file():
-        return load_json(path)
+        return load_json(path), False
     kept = p.kept_channels()
     test = lambda m: evaluate(m, ds.test_x, ds.test_y, ds, device=device)["accuracy"]  # noqa: E731
     row = {"acc_masked": test(mask_model(base_model, kept))}
@@ -105,7 +123,7 @@ def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, pr
         row["acc_finetuned"] = test(removed)
         save_pruned(removed.cpu(), path.with_suffix(".pt"))
     save_json(row, path)
-    return row
+    return row, True
 
 
 def prepare(cfg: Config, progress: bool = True, timings: dict | None = None):
@@ -138,7 +156,10 @@ def layer_rankings(cfg: Config, alpha: float | None = None, permutation: bool = 
 
 
 def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
-    """Run (or load) every plan of ``cfg.prune`` and write ``results.csv`` and ``layers.csv``."""
+    """Run (or load) every plan of ``cfg.prune`` and write ``results.csv`` and ``layers.csv``.
+
+    ``timings`` (seconds) counts the work done by this call; ``timings.json`` keeps those of the last
+    call that computed something, so a fully cached rerun does not overwrite the real costs."""
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     base, ds, folder, acts, device = prepare(cfg, progress, timings)
@@ -157,6 +178,7 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
                     **load_json(cost_path)}
     rows.append(baseline_row)
     specs = plan_names(cfg)
+    computed = False
     for formulation, cutoff, direction in tqdm(specs, desc="plans", disable=not progress):
         t0 = time.perf_counter()
         p = plan(base.model, acts, formulation=formulation, cutoff=cutoff, direction=direction, ds=ds,
@@ -164,14 +186,17 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
                  parallel=cfg.prune.parallel and None)
         timings["plans_wall"] += time.perf_counter() - t0
         if not getattr(p, "loaded", False):   # computed (or resumed) in this run, not loaded whole
+            computed = True
             for d in p.decisions:
                 timings["ranking"] += d.seconds.get("ranking", 0.0)
                 timings["cutoff"] += d.seconds.get("cutoff", 0.0)
         plans[p.name] = p
         t0 = time.perf_counter()
-        ev = evaluate_plan(cfg, p, base.model, ds, folder, device, progress)
-        timings["evaluation"] += time.perf_counter() - t0 - ev.get("finetune_seconds", 0.0)
-        timings["finetune"] += ev.get("finetune_seconds", 0.0)
+        ev, ev_computed = evaluate_plan(cfg, p, base.model, ds, folder, device, progress)
+        if ev_computed:
+            computed = True
+            timings["evaluation"] += time.perf_counter() - t0 - ev.get("finetune_seconds", 0.0)
+            timings["finetune"] += ev.get("finetune_seconds", 0.0)
         rows.append({"plan": p.name, "formulation": formulation, "cutoff": cutoff, "direction": direction,
                      "filters_kept": p.filters_kept, "filters_total": p.filters_total,
                      "pruning_efficiency": p.efficiency, "acc_baseline": base.metrics["test_accuracy"],
@@ -186,6 +211,8 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
     timings["total"] = time.perf_counter() - t_all
     _write_csv(rows, RESULT_COLUMNS, folder / "results.csv")
     _write_csv(layer_rows, LAYER_COLUMNS, folder / "layers.csv")
-    save_json({"timings": timings, "device": str(device), "hardware": hardware_name(device),
-               "profile": cfg.profile, "dataset": cfg.data.name}, folder / "timings.json")
-    return SweepResult(rows, layer_rows, plans, timings, folder, base.metrics)
+    if computed or not (folder / "timings.json").is_file():
+        save_json({"timings": timings, "device": str(device), "hardware": hardware_name(device),
+                   "profile": cfg.profile, "dataset": cfg.data.name}, folder / "timings.json")
+    recorded = load_json(folder / "timings.json")["timings"]
+    return SweepResult(rows, layer_rows, plans, timings, folder, base.metrics, recorded)

@@ -220,3 +220,35 @@ def test_scree_ignores_round_off_in_flat_stretches():
     r = scree_ratios(cmi)
     assert max(r[3:]) == 0.0            # noise over noise is no elbow
     assert scree_candidates(cmi, 2) == [2, 3]
+
+
+def test_sweep_tables_and_a_cached_rerun(tiny_cfg):
+    """One plan end to end: the tables hold what the plan and evaluation produced, and a rerun that
+    only loads cached results leaves the recorded costs (timings.json) untouched."""
+    from dataclasses import replace
+
+    from cmi.sweep import RESULT_COLUMNS, run_sweep
+
+    cfg = replace(tiny_cfg, cmi=replace(tiny_cfg.cmi, n_samples=32, permutations=10),
+                  prune=replace(tiny_cfg.prune, formulations=("compact",), cutoffs=("scree",),
+                                directions=("forward",), finetune_epochs=1))
+    first = run_sweep(cfg, progress=False)
+    assert [r["plan"] for r in first.rows] == ["baseline", "compact-scree-forward"]
+    row = first.rows[1]
+    p = first.plans["compact-scree-forward"]
+    assert row["filters_kept"] == p.filters_kept == sum(l["kept"] for l in first.layers)
+    assert row["params"] < first.rows[0]["params"] and row["macs"] < first.rows[0]["macs"]
+    assert all(0 <= row[k] <= 1 for k in ("acc_masked", "acc_removed", "acc_finetuned"))
+    assert all(v >= 0 for v in first.timings.values()) and first.timings["finetune"] > 0
+    header = (first.folder / "results.csv").read_text().splitlines()[0]
+    assert header == ",".join(RESULT_COLUMNS)
+    recorded = (first.folder / "timings.json").read_text()
+
+    second = run_sweep(cfg, progress=False)
+    assert second.rows == first.rows
+    assert second.timings["finetune"] == 0 and second.timings["evaluation"] == 0
+    assert (first.folder / "timings.json").read_text() == recorded
+    parts = {r["part"]: r for r in second.timing_rows()}
+    assert parts["fine-tuning"]["seconds when computed"] == first.timings["finetune"] > 0
+    assert parts["fine-tuning"]["seconds this run"] == 0
+    assert parts["activation capture"]["seconds when computed"] > 0
