@@ -4,6 +4,7 @@
 # make lab         JupyterLab on notebooks/
 # make strip       strip committed notebooks of outputs (except NBVAL_CHECK_OUTPUT cells) and volatile metadata
 # make env         only create the environment
+# make readme      refresh the README tables from the files in figures/ (<!-- include: ... --> blocks)
 # make clean       remove build outputs and cached artifacts (keeps .venv and data/)
 
 PYTHON ?= python3
@@ -20,7 +21,7 @@ BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
 PAPERMILL := TQDM_MININTERVAL=30 $(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING -p profile $(PROFILE) \
 	$(if $(DATASET),-p dataset $(DATASET))
 
-.PHONY: env test reproduce smoke lab strip clean distclean
+.PHONY: env test reproduce smoke lab strip readme clean distclean
 
 env: $(VENV)/.installed
 
@@ -57,6 +58,10 @@ strip: env
 	$(PY) -c 'import sys, nbformat as f; [f.write(nb, p) for p in sys.argv[1:] for nb in [f.read(p, 4)] \
 		if [c.update(execution_count=1) for c in nb.cells if c.get("metadata", {}).get("keep_output")] or 1]' \
 		$(NOTEBOOKS)
+
+readme: env
+	$(PY) -c 'from pathlib import Path; from cmi.outputs import fill_includes; from cmi.store import atomic_write_text; \
+		atomic_write_text(Path("README.md"), fill_includes(Path("README.md").read_text(), Path(".")))'
 
 clean:
 	rm -rf build artifacts .pytest_cache

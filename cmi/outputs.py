@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from importlib import metadata
@@ -113,6 +114,21 @@ def _markdown(df, floatfmt: str) -> str:
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
     lines = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, sep, *lines])
+
+
+INCLUDE = re.compile(r"(<!-- include: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /include -->)", re.S)
+
+
+def fill_includes(text: str, root: Path) -> str:
+    """Replace the body of every ``<!-- include: PATH -->`` ... ``<!-- /include -->`` block of a
+    Markdown text with the file PATH (relative to ``root``): README tables come from the files a
+    run wrote, never typed by hand."""
+    def body(m: re.Match) -> str:
+        path = root / m["path"]
+        if not path.is_file():
+            raise FileNotFoundError(f"README includes {m['path']}, which does not exist; run the profile first")
+        return m[1] + path.read_text().rstrip("\n") + "\n" + m[4]
+    return INCLUDE.sub(body, text)
 
 
 def print_json(obj) -> None:

@@ -3,6 +3,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +56,18 @@ def test_notebooks_are_numbered_parameterised_and_stripped():
             assert bool(cell.get("metadata", {}).get("keep_output")) == checked, book.name
             assert bool(cell["outputs"]) == checked, f"{book.name}: outputs left in an unchecked cell"
             assert "papermill" not in cell.get("metadata", {}) and "execution" not in cell.get("metadata", {})
+
+
+def test_readme_tables_are_the_files_a_run_wrote(tmp_path):
+    """Every <!-- include: PATH --> block of the README holds exactly the file PATH (make readme)."""
+    from cmi.outputs import INCLUDE, fill_includes
+
+    readme = (ROOT / "README.md").read_text()
+    assert fill_includes(readme, ROOT) == readme
+    for m in INCLUDE.finditer(readme):
+        assert (ROOT / m["path"]).is_file(), m["path"]
+    (tmp_path / "t.md").write_text("| a |\n|---|\n| 1 |\n")
+    stale = "x\n<!-- include: t.md -->\nold\n<!-- /include -->\ny\n"
+    assert fill_includes(stale, tmp_path) == "x\n<!-- include: t.md -->\n| a |\n|---|\n| 1 |\n<!-- /include -->\ny\n"
+    with pytest.raises(FileNotFoundError, match="missing.md"):
+        fill_includes(stale.replace("t.md", "missing.md"), tmp_path)
