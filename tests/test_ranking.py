@@ -118,3 +118,13 @@ def test_bad_input_is_one_clear_value_error(kwargs, needle):
     args.update(kwargs)
     with pytest.raises(ValueError, match=needle):
         rank_channels(args.pop("features"), args.pop("labels"), **args)
+
+
+def test_bench_reference_with_the_authors_cost_structure_gives_the_engine_order():
+    """The benchmark's speed-up is only meaningful if both sides compute the same ranking."""
+    from cmi.bench import reference_ranking
+
+    feats, y, inputs, cond = planted()
+    for condition in ([], cond):
+        engine = rank_channels(feats, y, inputs=inputs, condition=condition, alpha=1.01, num_classes=4)
+        assert reference_ranking(feats, y, inputs, alpha=1.01, condition=condition) == engine.order
