@@ -160,8 +160,18 @@ def check_plan_for_model(plan: Plan, model: VGG16) -> None:
                          f"(a plan for another width or an already pruned model?)")
 
 
-def mask_model(model: VGG16, kept: dict[int, list[int]]) -> VGG16:
-    """A copy with every pruned filter's conv weights and bias set to zero (BN left as is)."""
+def _kept_for(model: VGG16, kept: "Plan | dict[int, list[int]]") -> dict[int, list[int]]:
+    """The kept channels per layer of a plan (checked against the model's widths) or of a dict."""
+    if isinstance(kept, Plan):
+        check_plan_for_model(kept, model)
+        return kept.kept_channels()
+    return kept
+
+
+def mask_model(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:
+    """A copy with every pruned filter's conv weights and bias set to zero (BN left as is).
+    ``kept``: a :class:`Plan` for this model's widths, or {layer index: kept channel indices}."""
+    kept = _kept_for(model, kept)
     widths = _check_plan_fits(model, kept)
     out = copy.deepcopy(model)
     convs = out.convs()
@@ -175,11 +185,13 @@ def mask_model(model: VGG16, kept: dict[int, list[int]]) -> VGG16:
     return out
 
 
-def remove_channels(model: VGG16, kept: dict[int, list[int]]) -> VGG16:
+def remove_channels(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:
     """A physically smaller copy: pruned filters removed with their BN channels and the next layer's
-    input channels, through Torch-Pruning's DependencyGraph. ``model.kept`` records what was kept."""
+    input channels, through Torch-Pruning's DependencyGraph. ``model.kept`` records what was kept.
+    ``kept`` as for :func:`mask_model`."""
     import torch_pruning as tp
 
+    kept = _kept_for(model, kept)
     widths = _check_plan_fits(model, kept)
     out = copy.deepcopy(model).cpu().eval()
     convs = out.convs()

@@ -106,10 +106,9 @@ def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, pr
     path = folder / "evals" / _finetune_key(cfg) / f"{p.name}.json"
     if path.is_file():
         return load_json(path), False
-    kept = p.kept_channels()
     test = lambda m: evaluate(m, ds.test_x, ds.test_y, ds, device=device)["accuracy"]  # noqa: E731
-    row = {"acc_masked": test(mask_model(base_model, kept))}
-    removed = remove_channels(base_model, kept)
+    row = {"acc_masked": test(mask_model(base_model, p))}
+    removed = remove_channels(base_model, p)
     row["acc_removed"] = test(removed)
     row.update(model_cost(removed))
     row["acc_finetuned"], row["finetune_seconds"] = None, 0.0

@@ -198,6 +198,9 @@ def test_bad_plan_inputs(trained):
     p = plan(model, acts, cutoff="ptest", ds=ds, settings=SETTINGS, device="cpu", progress=False)
     with pytest.raises(ValueError, match="plan .* is for layer widths"):
         check_plan_for_model(p, wider)
+    for apply in (mask_model, remove_channels):
+        with pytest.raises(ValueError, match="plan .* is for layer widths"):
+            apply(wider, p)
     with pytest.raises(ValueError, match="cannot keep 0 of"):
         mask_model(model, {0: []})
     with pytest.raises(ValueError, match="must be distinct indices"):
