@@ -53,7 +53,11 @@ def test_closed_forms(alpha):
 
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_matches_scipy_matrix_functions(alpha):
-    """Independent library: scipy's Schur-based logm / fractional_matrix_power, no eigvalsh."""
+    """Independent library: scipy's Schur-based logm / fractional_matrix_power, no eigvalsh.
+
+    The issue asked for a cross-check against the PyPI package ``representation-itl``; its only
+    release (1.0.7, an sdist) ships metadata but no modules (``src/`` holds only the egg-info), so
+    there is nothing to import. scipy computes the same trace functionals by another route."""
     a = normalize(random_gram(seed=int(alpha * 100))).numpy()
     if alpha == 1:
         ref = -np.trace(a @ scipy.linalg.logm(a)).real
