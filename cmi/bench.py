@@ -3,20 +3,26 @@
     python -m cmi.bench ranking                      # everything (the full VGG16 at α=1.01 takes hours on a CPU)
     python -m cmi.bench ranking --layers conv1_1 conv3_1 --alpha 2
     python -m cmi.bench ranking --skip-vgg           # only engine vs the authors' cost structure
+    python -m cmi.bench ranking --layers conv1_1 conv2_1 conv3_1 --alpha 1.01 --out figures/bench/x.md
 
 Part 1 ranks the same input (N=128, C=32, 4x4 maps) with the engine and with a reference that has
 the authors' cost structure (every candidate rebuilds the Gram matrices of the whole selected and
 conditioning set from the features and calls the general eigensolver ``numpy.linalg.eigvals``).
 Part 2 ranks random post-ReLU activations shaped like VGG16's 13 layers (N=256) and prints the
 wall time per layer next to the floor: the time ``eigvalsh`` alone needs for as many N x N matrices
-of the same kind (timed on up to 2048 of them and scaled) (α = 2 uses no eigendecomposition, so it has no such floor).
+of the same kind (timed on up to 2048 of them and scaled; α = 2 uses no eigendecomposition, so it
+has no such floor). With ``--layers`` naming only some layers, the time of all 13 is projected from
+the last layer run (a layer's cost is its entropy count times the cost of one entropy).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +30,7 @@ import torch
 from .models import LAYER_NAMES, layer_widths
 from .entropy import single_thread
 from .ranking import _channel_grams, _variable_gram, rank_channels
+from .store import atomic_write_text
 
 SPATIAL = (32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2)
 
@@ -147,8 +154,8 @@ def bench_vgg(device: torch.device, layers: list[str], alphas: list[float], n: i
         for name in layers:
             i = LAYER_NAMES.index(name)
             feats = _random_layer(n, widths[i], SPATIAL[i], gen)
-            res = rank_channels(feats, labels, inputs=inputs, alpha=alpha, device=device,
-                                progress=sys.stderr.isatty(), desc=name)
+            res = last = rank_channels(feats, labels, inputs=inputs, alpha=alpha, device=device,
+                                       progress=sys.stderr.isatty(), desc=name)
             floor = eig_floor(feats, labels, res.entropies, device) if alpha != 2 else float("nan")
             total += res.seconds
             floor_total += floor if alpha != 2 else 0
@@ -158,6 +165,15 @@ def bench_vgg(device: torch.device, layers: list[str], alphas: list[float], n: i
         extra = f"   floor {floor_total:.1f} s ({total / floor_total:.2f}x)" if alpha != 2 else ""
         print(f"    total {len(layers)} layers, {sum(widths[LAYER_NAMES.index(l)] for l in layers)} channels: "
               f"{total:.1f} s = {total / 60:.1f} min{extra}", flush=True)
+        rest = [i for i, name in enumerate(LAYER_NAMES) if name not in layers]
+        if rest:
+            # A layer's cost is its entropy count times the cost of one N x N entropy, whatever its
+            # spatial size; a greedy ranking of C channels evaluates (C+1)^2 entropies.
+            per_entropy = last.seconds / last.entropies
+            projected = total + per_entropy * sum((widths[i] + 1) ** 2 for i in rest)
+            print(f"    projected for all 13 layers: {projected:.0f} s = {projected / 3600:.2f} h "
+                  f"({len(rest)} layers not run, at {1e3 * per_entropy:.2f} ms per entropy as measured on {layers[-1]})",
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,17 +187,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--skip-vgg", action="store_true")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the printout, with the command, to this Markdown file (README includes it)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    print(f"device: {hardware(device)}; torch {torch.__version__}", flush=True)
-    if not args.skip_reference:
-        bench_reference(device)
-    if not args.skip_vgg:
-        bench_vgg(device, args.layers, args.alpha, n=args.n)
+    printout = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, printout)):
+        print(f"device: {hardware(device)}; torch {torch.__version__}", flush=True)
+        if not args.skip_reference:
+            bench_reference(device)
+        if not args.skip_vgg:
+            bench_vgg(device, args.layers, args.alpha, n=args.n)
+    if args.out is not None:
+        command = "python -m cmi.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+        atomic_write_text(args.out, f"`{command}`\n\n```\n{printout.getvalue().rstrip()}\n```\n")
 
 
-if __name__ == "__main__":
-    main()
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
 
 
 # ----------------------------------------------------------------------------- run-time estimate
@@ -245,3 +278,7 @@ def format_estimate(cfg, est: dict) -> str:
         lines.append("  For a run in about an hour on a CPU: make reproduce PROFILE=quick DATASET=fashion-mnist; "
                      "in minutes: PROFILE=smoke.")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
