@@ -1,5 +1,6 @@
 # make test        create .venv (tested torch pinned below), run the unit tests and validate the notebooks
-# make reproduce   run the numbered notebooks with papermill: PROFILE=paper|quick|smoke, DATASET=cifar10|fashion-mnist
+# make reproduce   run the numbered notebooks with papermill: PROFILE=paper|quick|smoke, DATASET=cifar10|fashion-mnist,
+#                  SET="train.epochs=3 cmi.n_samples=64" for any other config field
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
 # make lab         JupyterLab on notebooks/
 # make strip       strip committed notebooks of outputs (except NBVAL_CHECK_OUTPUT cells) and volatile metadata
@@ -14,12 +15,13 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PROFILE ?= paper
 DATASET ?=
-OVERRIDES := $(if $(DATASET),dataset=$(DATASET))
+SET ?=
+OVERRIDES := $(if $(DATASET),dataset=$(DATASET)) $(SET)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
 # Progress bars refresh every 30 s inside executed notebooks, which store every refresh.
 PAPERMILL := TQDM_MININTERVAL=30 $(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING -p profile $(PROFILE) \
-	$(if $(DATASET),-p dataset $(DATASET))
+	$(if $(DATASET),-p dataset $(DATASET)) $(if $(SET),-p overrides "$(SET)")
 
 .PHONY: env test reproduce smoke lab strip readme clean distclean
 

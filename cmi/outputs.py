@@ -136,9 +136,10 @@ def print_json(obj) -> None:
     print(json.dumps(obj, indent=1, sort_keys=True))
 
 
-def start_notebook(profile: str, dataset: str | None = None, overrides: dict | None = None,
+def start_notebook(profile: str, dataset: str | None = None, overrides: dict | str | None = None,
                    notebook: str = "notebook"):
     """Resolve the run's config from the notebook's parameters and prepare its outputs.
+    ``overrides``: {field: value}, or one string of ``key=value`` words as the Makefile's ``SET`` passes.
 
     Figures and tables go to ``figures/<profile>-<dataset>/``, with a suffix naming a hash of any
     further overrides so that runs with other settings never overwrite each other."""
@@ -149,7 +150,11 @@ def start_notebook(profile: str, dataset: str | None = None, overrides: dict | N
 
     from .config import load_config
 
+    from .config import _parse_overrides
+
     os.environ.setdefault("TQDM_MININTERVAL", "2")   # executed notebooks keep a short progress log
+    if isinstance(overrides, str):   # `make reproduce SET="train.epochs=3 width=0.5"`
+        overrides = _parse_overrides(overrides.split())
     over = dict(overrides or {})
     if dataset:
         over["dataset"] = dataset

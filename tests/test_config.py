@@ -90,3 +90,13 @@ def test_command_line_takes_overrides_after_options(capsys):
     assert "name: synthetic" in text and "epochs: 2" in text
     assert main(["config", "--profile", "quick", "epochs=many"]) == 2
     assert "train.epochs must be int" in capsys.readouterr().err
+
+
+def test_notebook_overrides_as_one_string_equal_the_dict():
+    """`make reproduce SET="..."` hands papermill one string of key=value words."""
+    from cmi.outputs import start_notebook
+
+    cfg_s, out_s = start_notebook("smoke", overrides="train.epochs=3 cmi.n_samples=32", notebook="t")
+    cfg_d, out_d = start_notebook("smoke", overrides={"train.epochs": 3, "cmi.n_samples": 32}, notebook="t")
+    assert cfg_s == cfg_d and cfg_s.train.epochs == 3 and cfg_s.cmi.n_samples == 32
+    assert out_s.folder == out_d.folder != start_notebook("smoke", notebook="t")[1].folder
