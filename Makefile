@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: env
-	$(PY) -m pytest --nbval-lax tests notebooks
+	CMI_PROFILE=smoke $(PY) -m pytest --nbval-lax tests notebooks
 
 reproduce: env
 	@$(PY) -m cmi estimate --profile $(PROFILE) $(OVERRIDES)
