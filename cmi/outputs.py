@@ -148,9 +148,7 @@ def start_notebook(profile: str, dataset: str | None = None, overrides: dict | s
     import matplotlib
     import seaborn as sns
 
-    from .config import load_config
-
-    from .config import _parse_overrides
+    from .config import _parse_overrides, load_config
 
     os.environ.setdefault("TQDM_MININTERVAL", "2")   # executed notebooks keep a short progress log
     if isinstance(overrides, str):   # `make reproduce SET="train.epochs=3 width=0.5"`
