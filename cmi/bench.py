@@ -154,8 +154,8 @@ def bench_vgg(device: torch.device, layers: list[str], alphas: list[float], n: i
         for name in layers:
             i = LAYER_NAMES.index(name)
             feats = _random_layer(n, widths[i], SPATIAL[i], gen)
-            res = last = rank_channels(feats, labels, inputs=inputs, alpha=alpha, device=device,
-                                       progress=sys.stderr.isatty(), desc=name)
+            res = rank_channels(feats, labels, inputs=inputs, alpha=alpha, device=device,
+                                progress=sys.stderr.isatty(), desc=name)
             floor = eig_floor(feats, labels, res.entropies, device) if alpha != 2 else float("nan")
             total += res.seconds
             floor_total += floor if alpha != 2 else 0
@@ -169,7 +169,7 @@ def bench_vgg(device: torch.device, layers: list[str], alphas: list[float], n: i
         if rest:
             # A layer's cost is its entropy count times the cost of one N x N entropy, whatever its
             # spatial size; a greedy ranking of C channels evaluates (C+1)^2 entropies.
-            per_entropy = last.seconds / last.entropies
+            per_entropy = res.seconds / res.entropies  # the last layer run
             projected = total + per_entropy * sum((widths[i] + 1) ** 2 for i in rest)
             print(f"    projected for all 13 layers: {projected:.0f} s = {projected / 3600:.2f} h "
                   f"({len(rest)} layers not run, at {1e3 * per_entropy:.2f} ms per entropy as measured on {layers[-1]})",
