@@ -5,6 +5,7 @@ Commands:
   data     print a summary of the dataset
   train    train the baseline (or load it from the cache) and print its test accuracy
   sweep    run every pruning plan of the profile and print the results table
+  controls the controls study: other criteria at each plan's counts, layer sensitivity, saturation
   estimate say how long `make reproduce` would take with the profile on this machine
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .errors import CmiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["config", "data", "train", "sweep", "estimate"])
+    parser.add_argument("command", choices=["config", "data", "train", "sweep", "controls", "estimate"])
     parser.add_argument("--profile", default="smoke", help="a name in configs/ or a YAML path (default: smoke)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -50,6 +51,16 @@ def _run(args) -> int:
     elif args.command == "estimate":
         from .bench import estimate_run, format_estimate
         print(format_estimate(cfg, estimate_run(cfg)))
+    elif args.command == "controls":
+        from .controls import run_controls
+        from .outputs import Outputs
+        out = Outputs(cfg, "controls")
+        tables = run_controls(cfg, progress=not args.no_progress, out=out)
+        out.finish()
+        for row in tables["wide_recalibrated"]:
+            print(row)
+        print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tables["timings_dict"].items()))
+        print(f"tables and figure: {out.folder}/controls_*")
     elif args.command == "sweep":
         from .sweep import run_sweep
         res = run_sweep(cfg, progress=not args.no_progress)

@@ -11,8 +11,6 @@ Each pipeline stage is cached under a hash of only the sections it depends on
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +29,8 @@ CUTOFFS = ("scree", "xmeans", "ptest")
 DIRECTIONS = ("forward", "bidirectional")
 HEADS = ("mlp", "linear")
 DEVICES = ("auto", "cpu", "cuda")
+PROTOCOLS = ("paper", "authors")
+FALLBACKS = ("largest", "unpruned")
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,9 @@ class PruneConfig:
     scree_candidates: int = 3          #: scree cuts evaluated per layer
     select_images: int | None = None   #: held-out (val) images that score candidate cuts; None = all
     tolerance: float = 0.0             #: keep the fewest channels within this accuracy of the best candidate
+    protocol: str = "paper"            #: paper (the text) | authors (their code paths, METHOD.md §9)
+    max_drop: float | None = None      #: a candidate may lose at most this accuracy vs the chain so far; null = off
+    fallback: str = "largest"          #: no candidate within max_drop: "largest" candidate or "unpruned"
     parallel: bool = True              #: run the two bi-directional halves concurrently
     finetune_epochs: int = 0           #: 0 = no fine-tuning
     finetune_lr: float = 0.01
@@ -125,8 +128,45 @@ class PruneConfig:
         _check(self.select_images is None or self.select_images > 0, "prune.select_images",
                f"must be positive or null, got {self.select_images!r}")
         _check(0 <= self.tolerance < 1, "prune.tolerance", f"must be in [0, 1), got {self.tolerance!r}")
+        _check(self.protocol in PROTOCOLS, "prune.protocol", f"must be one of {PROTOCOLS}, got {self.protocol!r}")
+        _check(self.max_drop is None or 0 <= self.max_drop < 1, "prune.max_drop",
+               f"must be in [0, 1) or null, got {self.max_drop!r}")
+        _check(self.fallback in FALLBACKS, "prune.fallback", f"must be one of {FALLBACKS}, got {self.fallback!r}")
         _check(self.finetune_epochs >= 0, "prune.finetune_epochs", f"must be >= 0, got {self.finetune_epochs!r}")
         _check(self.finetune_lr > 0, "prune.finetune_lr", f"must be > 0, got {self.finetune_lr!r}")
+
+
+@dataclass(frozen=True)
+class ControlsConfig:
+    """The controls study (:mod:`cmi.controls`): other criteria at each plan's per-layer counts, layer
+    sensitivity curves, and the kernel-width saturation table."""
+
+    protocols: tuple[str, ...] = PROTOCOLS        #: protocols whose plans get controls
+    criteria: tuple[str, ...] = ("cmi", "cmi-median", "l1", "hrank", "random")   #: names in cmi.criteria
+    seeds: int = 5                     #: seeds of each random criterion (mean ± sd)
+    recal_images: int = 2000           #: training images that re-estimate BN statistics
+    finetune_images: int = 10000       #: training images of the one fine-tuning epoch at prune.finetune_lr
+    sensitivity_keep: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+    sensitivity_seeds: int = 3         #: seeds of the random criterion in the sensitivity curves
+    sensitivity_test_images: int | None = 2000   #: test images per sensitivity point (null: all)
+    sigma_rules: tuple[str, ...] = ("paper", "median")   #: kernel-width rules of the saturation table
+    saturation_tol: float = 1e-6       #: saturated: CMI_t <= this x I(Y; L), relative
+
+    def validate(self) -> None:
+        from .criteria import CRITERIA
+        _check(len(self.protocols) > 0 and all(p in PROTOCOLS for p in self.protocols), "controls.protocols",
+               f"must be a non-empty list drawn from {PROTOCOLS}, got {list(self.protocols)!r}")
+        _check(len(self.criteria) > 0 and all(c in CRITERIA for c in self.criteria), "controls.criteria",
+               f"must be a non-empty list drawn from {tuple(CRITERIA)}, got {list(self.criteria)!r}")
+        _check(all(r in SIGMA_RULES for r in self.sigma_rules), "controls.sigma_rules",
+               f"must be drawn from {SIGMA_RULES}, got {list(self.sigma_rules)!r}")
+        for key in ("seeds", "sensitivity_seeds", "recal_images", "finetune_images"):
+            _check(getattr(self, key) >= 1, f"controls.{key}", f"must be >= 1, got {getattr(self, key)!r}")
+        _check(len(self.sensitivity_keep) > 0 and all(0 < f < 1 for f in self.sensitivity_keep),
+               "controls.sensitivity_keep", f"must be fractions in (0, 1), got {list(self.sensitivity_keep)!r}")
+        _check(self.sensitivity_test_images is None or self.sensitivity_test_images > 0,
+               "controls.sensitivity_test_images", f"must be positive or null, got {self.sensitivity_test_images!r}")
+        _check(0 <= self.saturation_tol < 1, "controls.saturation_tol", f"must be in [0, 1), got {self.saturation_tol!r}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +181,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cmi: CMIConfig = field(default_factory=CMIConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
 
     def validate(self) -> "Config":
         _check(self.device in DEVICES or self.device.startswith("cuda:"), "device",
@@ -158,16 +199,15 @@ class Config:
     def digest(self, *keys: str) -> str:
         """Hash (12 hex digits) of the seed and the named sections or ``section.field`` entries:
         the cache key of a stage, which changes only when something the stage depends on does."""
-        from .store import CACHE_VERSION
-        payload: dict[str, Any] = {"seed": self.seed, "cache_version": CACHE_VERSION}
+        from .store import cache_key
+        payload: dict[str, Any] = {"seed": self.seed}
         for key in keys:
             sec, _, name = key.partition(".")
             if sec not in SECTIONS or (name and name not in {f.name for f in dataclasses.fields(SECTIONS[sec])}):
                 raise ConfigError(f"unknown config section or field {key!r}; sections are {list(SECTIONS)}")
             value = getattr(self, sec)
             payload[key] = getattr(value, name) if name else dataclasses.asdict(value)
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return cache_key(payload, 12)
 
     def replace(self, overrides: Mapping[str, Any] | Sequence[str] | None) -> "Config":
         """A copy with overrides applied (see module docstring) and validated."""
@@ -176,7 +216,7 @@ class Config:
 
 #: Section name -> dataclass. Later stages add sections here.
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                             "cmi": CMIConfig, "prune": PruneConfig}
+                             "cmi": CMIConfig, "prune": PruneConfig, "controls": ControlsConfig}
 TOP_LEVEL = ("profile", "seed", "device")
 ALIASES = {"dataset": "data.name"}
 
@@ -274,6 +314,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{key} must not be null")
     base = next(a for a in args if a is not type(None)) if optional else hint
     if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        if item is float:
+            items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+            if not isinstance(items, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+                raise ConfigError(f"{key} must be a list of numbers, got {type(value).__name__} {value!r}")
+            return tuple(float(v) for v in items)
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
             raise ConfigError(f"{key} must be a list of strings, got {type(value).__name__} {value!r}")

@@ -11,7 +11,8 @@ return *keep counts*: keeping k channels means keeping the first k channels of t
   candidate, keep = the number of points before it.
 - Permutation test: the ranking stopped itself; keep = the number of picks it made (the authors'
   convention, which includes the pick whose p-value stopped it).
-Candidates are then scored by held-out accuracy (never test accuracy) and :func:`choose` picks one.
+Candidates are then scored by held-out accuracy (never test accuracy) and :func:`choose` picks one;
+:func:`choose_within_drop` adds the rule for candidates that all destroy the network.
 """
 from __future__ import annotations
 
@@ -87,3 +88,32 @@ def choose(candidates: Sequence[int], scores: Sequence[float], tolerance: float 
         raise ValueError("no candidate cuts to choose from")
     best = max(scores)
     return min(k for k, s in zip(candidates, scores) if s >= best - tolerance)
+
+
+FALLBACKS = ("largest", "unpruned")
+
+
+def choose_within_drop(candidates: Sequence[int], scores: Sequence[float], reference: float, max_drop: float | None,
+                       tolerance: float = 0.0, fallback: str = "largest", channels: int | None = None
+                       ) -> tuple[int, bool]:
+    """Pick a keep count when some candidates may cost too much. Returns ``(keep, fell_back)``.
+
+    Without ``max_drop`` this is :func:`choose`. With it, only candidates whose accuracy is at least
+    ``reference - max_drop`` (``reference``: the same chain with this layer unpruned) are eligible and
+    :func:`choose` picks among them; when none is, ``fallback`` decides: ``"largest"`` keeps the
+    largest candidate (the least destructive cut the cutoff offers), ``"unpruned"`` keeps all
+    ``channels``. Without this rule, a chain whose candidates all score at chance takes the fewest
+    channels at every later layer (every candidate ties at chance), which says nothing about the ranking.
+    """
+    if max_drop is None:
+        return choose(candidates, scores, tolerance), False
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    ok = [(k, s) for k, s in zip(candidates, scores) if s >= reference - max_drop]
+    if ok:
+        return choose([k for k, _ in ok], [s for _, s in ok], tolerance), False
+    if fallback == "unpruned":
+        if channels is None:
+            raise ValueError("fallback='unpruned' needs the layer's channel count")
+        return channels, True
+    return max(candidates), True

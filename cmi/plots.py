@@ -167,3 +167,42 @@ def sigma_plot(rows):
     fig.suptitle("Sensitivity to the kernel width")
     fig.tight_layout()
     return fig
+
+
+CRITERION_COLOURS = {"cmi": "tab:red", "cmi-median": "tab:purple", "l1": "tab:blue", "hrank": "tab:green",
+                     "random": "0.45"}
+
+
+def sensitivity_curves(rows, baseline_acc: float | None = None, title: str = ""):
+    """Li et al. (2017, Fig. 2) style: one panel per layer, test accuracy against the fraction of the
+    layer's filters kept, one colour per criterion; solid = masked (BN untouched), dashed = removed +
+    BN recalibration. Seeded criteria are drawn as the mean with a ±1 sd band."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    layers = list(dict.fromkeys(df.name))
+    fig, axes = _grid(len(layers), cols=5, size=(3.1, 2.4))
+    for ax, name in zip(axes, layers):
+        part = df[df.name == name]
+        for crit, g in part.groupby("criterion", sort=False):
+            colour = CRITERION_COLOURS.get(crit)
+            for col, ls in (("acc_masked", "-"), ("acc_recalibrated", "--")):
+                stats = g.groupby("keep_fraction")[col].agg(["mean", "std"]).sort_index()
+                ax.plot(100 * stats.index, 100 * stats["mean"], ls=ls, color=colour, lw=1.2,
+                        label=f"{crit}, {'masked' if ls == '-' else 'removed + BN recal'}")
+                if g.seed.nunique() > 1:
+                    ax.fill_between(100 * stats.index, 100 * (stats["mean"] - stats["std"]),
+                                    100 * (stats["mean"] + stats["std"]), color=colour, alpha=0.15, lw=0)
+        if baseline_acc is not None:
+            ax.axhline(100 * baseline_acc, color="k", lw=0.6, ls=":")
+        ax.set_title(f"{name} ({int(part.channels.iloc[0])} filters)", fontsize=9)
+        ax.set_xlim(100, 0)
+        ax.set_ylim(0, 100)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("test accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=7, ncol=2, bbox_to_anchor=(0.98, 0.04))
+    fig.suptitle(title or "Each layer pruned alone: test accuracy against % of its filters kept", fontsize=11)
+    fig.supxlabel("% of the layer's filters kept", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from .device import resolve_device
 from .entropy import eigvalsh, entropy_from_eigenvalues, kernel_width, sq_dists
 
 Tensor = torch.Tensor
@@ -163,17 +164,11 @@ def _default_chunk(n: int, budget_bytes: float = 2**28) -> int:
     return max(1, int(budget_bytes // (2 * 8 * n * n)))
 
 
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 # ----------------------------------------------------------------------------- the engine
 def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = None,
                   condition: Sequence[Tensor] = (), alpha: float = 1.01, sigma="paper",
                   num_classes: int | None = None, permutation: tuple[int, float] | None = None,
-                  device=None, seed: int = 0, dtype: torch.dtype = torch.float64,
+                  permute_condition: bool = True, device=None, seed: int = 0, dtype: torch.dtype = torch.float64,
                   chunk: int | None = None, progress: bool = False, desc: str = "ranking") -> Ranking:
     """Rank the C channels of one layer by greedy CMI selection (METHOD.md §3).
 
@@ -189,6 +184,8 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
         num_classes: number of classes (default: max label + 1).
         permutation: None, or (P, eta): after each pick, shuffle the samples of the picked channel P
             times; p = fraction of shuffled CMI <= observed; stop at the first p >= eta.
+        permute_condition: False computes the shuffled CMIs without Z (the authors' code,
+            METHOD.md §9); the observed CMI_t always conditions on Z.
         device: where to compute (default: CUDA when available, else CPU).
         seed: seeds the permutation test.
         dtype: float64 (default) or float32.
@@ -200,7 +197,7 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
     t0 = time.perf_counter()
     features, labels, inputs, condition, k = _check_inputs(
         features, labels, inputs, condition, alpha, num_classes, permutation)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     n, c = features.shape[:2]
     chunk = chunk or _default_chunk(n)
     ent = _Entropy(float(alpha), chunk)
@@ -250,6 +247,7 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
         j = remaining.pop(best)
         order.append(j)
         k_zs_before = k_zs.clone() if permutation is not None else None
+        k_s_before = k_s.clone() if permutation is not None and not permute_condition else None
         k_zs *= k_feat[j]
         k_s *= k_feat[j]
         gain = gains[best].item()
@@ -267,7 +265,8 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
         if permutation is None:
             cmi.append(mi_all - gain)
         else:
-            observed, p = _permutation_test(k_feat, k_zs_before, j, remaining, k_y, ent, permutation, gen)
+            observed, p = _permutation_test(k_feat, k_zs_before, j, remaining, k_y, ent, permutation, gen,
+                                            k_s_before)
             cmi.append(observed)
             p_values.append(p)
             if p >= permutation[1]:
@@ -286,20 +285,25 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
                    info={"mi_labels_all": mi_all, "n_samples": n, "num_classes": k})
 
 
-def _permutation_test(k_feat, k_before, j, remaining, k_y, ent, permutation, gen) -> tuple[float, float]:
+def _permutation_test(k_feat, k_before, j, remaining, k_y, ent, permutation, gen,
+                      k_shuffled_before=None) -> tuple[float, float]:
     """CMI_t = I(Y; R | Z ∪ S) observed and with channel j's samples shuffled P times.
 
     ``k_before`` is the Gram matrix of Z ∪ S without j (the set before this step's pick).
     Returns (observed CMI_t, p = fraction of shuffled CMI_t <= observed). The observed value is
     computed by the same four-entropy formula as the shuffled ones, so exact ties (a constant
-    channel, whose shuffle changes nothing) compare equal.
+    channel, whose shuffle changes nothing) compare equal. ``k_shuffled_before`` (the Gram of S
+    alone) replaces ``k_before`` for the shuffled values: the authors' permutation test without Z.
     """
     p_count, _eta = permutation
     n = k_before.shape[0]
     dev = k_before.device
     k_r = k_feat[torch.tensor(remaining, device=dev)].prod(0) if remaining else torch.ones_like(k_before)
     perms = [torch.randperm(n, generator=gen).to(dev) for _ in range(p_count)]
-    k_zs_p = k_before * torch.stack([k_feat[j]] + [k_feat[j][p][:, p] for p in perms])   # (1+P, N, N)
+    shuffled = torch.stack([k_feat[j]] + [k_feat[j][p][:, p] for p in perms])           # (1+P, N, N)
+    k_zs_p = k_before * shuffled
+    if k_shuffled_before is not None:
+        k_zs_p[1:] = k_shuffled_before * shuffled[1:]
     k_rzs = k_zs_p * k_r
     cmis = ent(k_rzs) + ent(k_zs_p, k_y) - ent(k_rzs, k_y) - ent(k_zs_p)
     observed = cmis[0]

@@ -5,6 +5,7 @@ interrupted run never leaves a half-written file where a good one was.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -64,6 +65,13 @@ def load_torch(path: Path, what: str = "checkpoint") -> Any:
         first_line = (str(e).strip().splitlines() or [""])[0][:160]
         raise RuntimeError(f"{what} {str(path)!r} is unreadable or corrupt ({type(e).__name__}: {first_line}); "
                            f"delete it to recompute") from None
+
+
+def cache_key(payload: Any, length: int = 16) -> str:
+    """Hex digest naming a cached result: SHA-256 of ``payload`` as canonical JSON, with the
+    :data:`CACHE_VERSION`, so every cache in the package is keyed the same way."""
+    blob = json.dumps({"payload": payload, "cache_version": CACHE_VERSION}, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def stage_dir(stage: str, digest: str) -> Path:

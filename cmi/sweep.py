@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import itertools
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +24,11 @@ from .activations import Activations, capture
 from .config import Config, save_config
 from .data import load_dataset
 from .models import LAYER_NAMES
-from .pruning import Plan, PlanSettings, mask_model, plan, remove_channels, save_pruned
+from .planner import cached_ranking, plan
+from .plans import Plan, PlanSettings
 from .report import model_cost
-from .store import atomic_write_text, load_json, save_json, stage_dir
+from .store import atomic_write_text, cache_key, load_json, save_json, stage_dir
+from .surgery import mask_model, remove_channels, save_pruned
 from .train import evaluate, fit, hardware_name, resolve_device, train_baseline
 
 RESULT_COLUMNS = ["plan", "formulation", "cutoff", "direction", "filters_kept", "filters_total",
@@ -95,9 +95,9 @@ def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
 
 
 def _finetune_key(cfg: Config) -> str:
-    payload = {"epochs": cfg.prune.finetune_epochs, "lr": cfg.prune.finetune_lr, "train": dataclasses.asdict(cfg.train),
-               "plan": dataclasses.asdict(PlanSettings.from_config(cfg))}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_key({"epochs": cfg.prune.finetune_epochs, "lr": cfg.prune.finetune_lr,
+                      "train": dataclasses.asdict(cfg.train), "plan": dataclasses.asdict(PlanSettings.from_config(cfg))},
+                     10)
 
 
 def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, progress: bool) -> tuple[dict, bool]:
@@ -144,8 +144,6 @@ def prepare(cfg: Config, progress: bool = True, timings: dict | None = None):
 def layer_rankings(cfg: Config, alpha: float | None = None, permutation: bool = False,
                    progress: bool = True) -> list:
     """Per-layer CMI rankings (no conditioning) of all 13 layers of the baseline, cached."""
-    from .pruning import cached_ranking
-
     base, ds, folder, acts, device = prepare(cfg, progress)
     alpha = cfg.cmi.alpha if alpha is None else alpha
     perm = (cfg.cmi.permutations, cfg.cmi.eta) if permutation else None
@@ -180,11 +178,11 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
     computed = False
     for formulation, cutoff, direction in tqdm(specs, desc="plans", disable=not progress):
         t0 = time.perf_counter()
-        p = plan(base.model, acts, formulation=formulation, cutoff=cutoff, direction=direction, ds=ds,
-                 settings=settings, device=device, cache_dir=folder, progress=progress,
-                 parallel=cfg.prune.parallel and None)
+        p, loaded = plan(base.model, acts, formulation=formulation, cutoff=cutoff, direction=direction, ds=ds,
+                         settings=settings, device=device, cache_dir=folder, progress=progress,
+                         parallel=cfg.prune.parallel)
         timings["plans_wall"] += time.perf_counter() - t0
-        if not getattr(p, "loaded", False):   # computed (or resumed) in this run, not loaded whole
+        if not loaded:   # computed (or resumed) in this run
             computed = True
             for d in p.decisions:
                 timings["ranking"] += d.seconds.get("ranking", 0.0)
@@ -200,12 +198,12 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
                      "filters_kept": p.filters_kept, "filters_total": p.filters_total,
                      "pruning_efficiency": p.efficiency, "acc_baseline": base.metrics["test_accuracy"],
                      "plan_seconds": p.seconds, **ev})
-        by_layer = p.by_layer()
+        by_layer, counts = p.by_layer(), p.keep_counts()
         for i, c in enumerate(p.widths):
             d = by_layer.get(i)
             layer_rows.append({"plan": p.name, "formulation": formulation, "cutoff": cutoff, "direction": direction,
-                               "layer": i, "name": LAYER_NAMES[i], "channels": c, "kept": d.keep if d else c,
-                               "kept_fraction": (d.keep if d else c) / c, "phase": d.phase if d else "",
+                               "layer": i, "name": LAYER_NAMES[i], "channels": c, "kept": counts[i],
+                               "kept_fraction": counts[i] / c, "phase": d.phase if d else "",
                                "condition": " ".join(d.condition) if d else ""})
     timings["total"] = time.perf_counter() - t_all
     _write_csv(rows, RESULT_COLUMNS, folder / "results.csv")

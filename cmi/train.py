@@ -21,19 +21,12 @@ from tqdm import tqdm
 
 from .config import Config, TrainConfig, save_config
 from .data import Dataset, augment, load_dataset
+from .device import resolve_device  # noqa: F401  (re-exported: callers import it from here)
 from .errors import TrainingDiverged
 from .models import VGG16, build_model
 from .store import load_json, load_torch, save_json, save_torch, stage_dir
 
 StepHook = Callable[[int, int, nn.Module], None]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} was asked for but CUDA is not available; use device=auto or cpu")
-    return torch.device(name)
 
 
 def _autocast(device: torch.device):

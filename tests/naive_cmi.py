@@ -41,8 +41,9 @@ def cmi(x, y, z, alpha):
 
 
 def naive_rank(features, labels, inputs=None, condition=(), alpha=1.01, num_classes=None,
-               permutation=None, seed=0):
-    """Same contract as cmi.ranking.rank_channels (sigma="paper"), returned as a dict."""
+               permutation=None, seed=0, permute_condition=True):
+    """Same contract as cmi.ranking.rank_channels (sigma="paper"), returned as a dict.
+    ``permute_condition=False``: the shuffled CMIs leave Z out (the authors' permutation test)."""
     f = features.double().numpy()
     n, c = f.shape[:2]
     paper = lambda d: 5.0 * n ** (-1.0 / (4 + d))  # noqa: E731
@@ -82,7 +83,7 @@ def naive_rank(features, labels, inputs=None, condition=(), alpha=1.01, num_clas
             for _p in range(permutation[0]):
                 perm = torch.randperm(n, generator=gen).numpy()
                 shuffled = sel[:-1] + [chans[j][np.ix_(perm, perm)]]
-                count += cmi(gy, rem, gz + shuffled, alpha) <= observed
+                count += cmi(gy, rem, (gz if permute_condition else []) + shuffled, alpha) <= observed
             p = count / permutation[0]
             out["p_values"].append(p)
             if p >= permutation[1]:

@@ -5,14 +5,15 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from cmi import pruning as pruning_mod
+from cmi import planner as pruning_mod
 from cmi.activations import capture
 from cmi.config import load_config
 from cmi.cutoffs import check_keep, choose, scree_candidates, scree_ratios, xmeans_candidates
 from cmi.data import load_dataset
 from cmi.models import LAYER_NAMES, VGG16, build_model, count_params, layer_widths
-from cmi.pruning import (Plan, PlanSettings, check_plan_for_model, load_pruned, mask_model, plan, remove_channels,
-                         save_pruned)
+from cmi.planner import plan as _plan
+from cmi.plans import Plan, PlanSettings
+from cmi.surgery import check_plan_for_model, load_pruned, mask_model, remove_channels, save_pruned
 from cmi.report import conv_linear_macs
 from cmi.train import fit
 
@@ -117,6 +118,11 @@ def trained():
 SETTINGS = PlanSettings(permutations=10)
 
 
+def plan(*a, **k) -> Plan:
+    """The plan alone (``cmi.planner.plan`` returns ``(plan, loaded)``)."""
+    return _plan(*a, **k)[0]
+
+
 @pytest.mark.parametrize("formulation", ["per-layer", "compact", "full"])
 def test_forward_plans_condition_as_specified(trained, formulation, tmp_path):
     model, acts, ds = trained
@@ -180,7 +186,8 @@ def test_interrupted_plan_resumes_from_the_last_finished_layer(trained, tmp_path
     assert len(calls) == 8                                 # only layers 6..13 are ranked again
     assert [d.kept for d in resumed.decisions] == [d.kept for d in straight.decisions]
     calls.clear()
-    assert plan(model, acts, cache_dir=tmp_path, **kw).complete and calls == []   # finished: loaded
+    again, loaded = _plan(model, acts, cache_dir=tmp_path, **kw)
+    assert again.complete and loaded and calls == []   # finished: loaded
 
 
 def test_bad_plan_inputs(trained):

@@ -67,6 +67,24 @@ def test_permutation_test_matches_naive_reference():
     assert again.order == res.order and again.p_values == res.p_values
 
 
+def test_authors_permutation_test_leaves_z_out_of_the_shuffles():
+    """The authors' test (METHOD.md §9): observed CMI_t conditions on Z, the shuffled ones do not."""
+    feats, y, inputs, cond = planted()
+    res = rank_channels(feats, y, condition=cond, permutation=(20, 0.05), seed=3, device="cpu",
+                        permute_condition=False)
+    ref = naive_rank(feats, y, condition=cond, permutation=(20, 0.05), seed=3, permute_condition=False)
+    # the last pick leaves only the dead channel: observed CMI_t = 0 and the shuffled ones are 0 up
+    # to round-off, so that p-value is decided by round-off in either implementation
+    live = [i for i, v in enumerate(ref["cmi"]) if v > 1e-9]
+    assert_same(res, {**ref, "p_values": None})
+    assert [res.p_values[i] for i in live] == [ref["p_values"][i] for i in live] and len(live) >= 5
+    with_z = naive_rank(feats, y, condition=cond, permutation=(20, 0.05), seed=3)
+    assert ref["p_values"] != with_z["p_values"][:len(ref["p_values"])]   # the choice matters here
+    plain = rank_channels(feats, y, permutation=(20, 0.05), seed=3, device="cpu")
+    no_z = rank_channels(feats, y, permutation=(20, 0.05), seed=3, device="cpu", permute_condition=False)
+    assert no_z.order == plain.order and no_z.p_values == plain.p_values   # without Z they agree
+
+
 def test_cmi_decreases_and_reaches_zero_information_left():
     feats, y, inputs, _ = planted(n=64)
     res = rank_channels(feats, y, inputs=inputs)

@@ -1,0 +1,319 @@
+"""Does the CMI ranking choose better filters than a trivial rule? The controls study (METHOD.md §7-§10).
+
+Three measurements on one trained baseline, every result cached by content under the sweep folder
+(``controls/``), so an interrupted study resumes and a rerun only reads files:
+
+- :func:`plan_controls`: for every plan of each protocol, keep exactly its per-layer kept counts and
+  let each criterion (:mod:`cmi.criteria`) pick which channels; random over several seeds. Each
+  pruned network is evaluated in four modes (:data:`MODES`).
+- :func:`sensitivity`: each layer pruned alone to a range of kept fractions by each criterion
+  (Li et al. 2017, Fig. 2), masked and removed + BN recalibration.
+- :func:`saturation`: per layer and kernel-width rule, the greedy pick after which CMI_t is zero
+  (relative to I(Y; L)), i.e. where further picks are decided by round-off (METHOD.md §10).
+
+Modes: ``masked`` the paper's (pruned filters zeroed, BN untouched); ``removed`` Torch-Pruning's
+smaller network; ``recalibrated`` removed + BN running statistics re-estimated on training images,
+no gradient step; ``finetuned`` recalibrated + one epoch over a fixed subset of training images (the
+same budget for every criterion).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .config import Config
+from .criteria import Context, get_criterion
+from .models import LAYER_NAMES
+from .planner import cached_ranking, plan
+from .plans import Plan, PlanSettings
+from .store import cache_key, load_json, save_json
+from .surgery import mask_model, recalibrate_bn, remove_channels
+from .train import evaluate, fit
+
+MODES = ("masked", "removed", "recalibrated", "finetuned")
+
+
+@dataclass
+class Study:
+    cfg: Config
+    model: torch.nn.Module
+    ds: object
+    folder: Path
+    acts: object
+    device: torch.device
+    baseline: dict
+
+    @property
+    def ctx(self) -> Context:
+        return Context(self.model, self.acts, alpha=self.cfg.cmi.alpha, seed=self.cfg.seed,
+                       cache_dir=self.folder, device=self.device)
+
+
+def prepare_study(cfg: Config, progress: bool = True) -> Study:
+    from .sweep import prepare
+    base, ds, folder, acts, device = prepare(cfg, progress)
+    return Study(cfg, base.model.cpu().eval(), ds, folder, acts, device, base.metrics)
+
+
+def _draw(n_total: int, n: int | None, seed: int) -> torch.Tensor | None:
+    if n is None or n >= n_total:
+        return None
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def evaluate_kept(study: Study, kept: dict[int, list[int]], modes=MODES, test_images: int | None = None) -> dict:
+    """Test accuracy of the baseline pruned to ``kept`` ({layer: kept channels}) in each of ``modes``,
+    cached by content. ``test_images``: a seeded draw of that many test images (None: all)."""
+    cfg, ds, c = study.cfg, study.ds, study.cfg.controls
+    ft = {"images": c.finetune_images, "lr": cfg.prune.finetune_lr, "train": dataclasses.asdict(cfg.train),
+          "augment": cfg.data.augment} if "finetuned" in modes else None
+    key = {"model": study.acts.model, "kept": sorted([int(l), sorted(k)] for l, k in kept.items()),
+           "modes": list(modes), "test_images": test_images, "recal_images": c.recal_images, "finetune": ft,
+           "seed": cfg.seed}
+    path = study.folder / "controls" / "evals" / f"{cache_key(key)}.json"
+    if path.is_file():
+        return load_json(path)
+    t0 = time.perf_counter()
+    idx = _draw(len(ds.test_y), test_images, cfg.seed)
+    tx, ty = (ds.test_x, ds.test_y) if idx is None else (ds.test_x[idx], ds.test_y[idx])
+
+    def test(m):
+        return evaluate(m, tx, ty, ds, device=study.device)["accuracy"]
+
+    out: dict = {}
+    if "masked" in modes:
+        out["acc_masked"] = test(mask_model(study.model, kept))
+    if {"removed", "recalibrated", "finetuned"} & set(modes):
+        removed = remove_channels(study.model, kept)
+        if "removed" in modes:
+            out["acc_removed"] = test(removed)
+        ridx = _draw(len(ds.train_y), c.recal_images, cfg.seed + 1)
+        recal_x = ds.train_x if ridx is None else ds.train_x[ridx]
+        recalibrate_bn(removed, recal_x, ds.normalize, device=study.device)
+        if "recalibrated" in modes:
+            out["acc_recalibrated"] = test(removed)
+        if "finetuned" in modes:
+            fidx = _draw(len(ds.train_y), c.finetune_images, cfg.seed + 2)
+            sub = ds if fidx is None else dataclasses.replace(ds, train_x=ds.train_x[fidx], train_y=ds.train_y[fidx])
+            tcfg = dataclasses.replace(cfg.train, epochs=1, lr=cfg.prune.finetune_lr, warmup_epochs=0.0)
+            fit(removed, sub, tcfg, seed=cfg.seed, device=study.device, augment_images=cfg.data.augment,
+                progress=False, eval_each_epoch=False)
+            out["acc_finetuned"] = test(removed)
+    out["filters_kept"] = sum(len(k) for k in kept.values()) + sum(
+        w for l, w in enumerate(study.acts.widths) if l not in kept)
+    out["seconds"] = time.perf_counter() - t0
+    save_json(out, path)
+    return out
+
+
+def criterion_kept(study: Study, criterion: str, counts: list[int], plan_: Plan | None = None,
+                   seed: int = 0) -> dict[int, list[int]]:
+    """What ``criterion`` keeps at the per-layer ``counts`` (layers at full width are left out)."""
+    crit = get_criterion(criterion)
+    decisions = plan_.by_layer() if plan_ is not None else {}
+    return {l: crit.select(study.ctx, l, k, decisions.get(l), seed)
+            for l, (k, w) in enumerate(zip(counts, study.acts.widths)) if k < w}
+
+
+def protocol_plans(study: Study, protocol: str, progress: bool = True) -> list[Plan]:
+    """Every plan of ``cfg.prune`` under ``protocol`` (computed, resumed or loaded from the cache)."""
+    cfg = study.cfg.replace({"prune.protocol": protocol})
+    settings = PlanSettings.from_config(cfg)
+    p = cfg.prune
+    out = []
+    for formulation, cutoff, direction in itertools.product(p.formulations, p.cutoffs, p.directions):
+        made, _ = plan(study.model, study.acts, formulation=formulation, cutoff=cutoff, direction=direction,
+                       ds=study.ds, settings=settings, device=study.device, cache_dir=study.folder,
+                       progress=progress, parallel=p.parallel)
+        out.append(made)
+    return out
+
+
+def plan_controls(study: Study, progress: bool = True) -> list[dict]:
+    """One row per protocol x plan x criterion x seed: filters kept and accuracy in every mode."""
+    c = study.cfg.controls
+    plans = [(proto, p) for proto in c.protocols for p in protocol_plans(study, proto, progress)]
+    jobs = [(proto, p, crit, seed) for proto, p in plans for crit in c.criteria
+            for seed in (range(c.seeds) if get_criterion(crit).seeded else [0])]
+    rows = []
+    for proto, p, crit, seed in tqdm(jobs, desc="controls", disable=not progress):
+        counts = p.keep_counts()
+        kept = criterion_kept(study, crit, counts, p, seed)
+        ev = evaluate_kept(study, kept)
+        assert ev["filters_kept"] == sum(counts), (p.name, crit)
+        rows.append({"protocol": proto, "plan": p.name, "formulation": p.formulation, "cutoff": p.cutoff,
+                     "direction": p.direction, "criterion": crit, "seed": seed, "filters_kept": sum(counts),
+                     "filters_total": p.filters_total, **{f"acc_{m}": ev.get(f"acc_{m}") for m in MODES},
+                     "seconds": ev["seconds"]})
+    return rows
+
+
+def summarize(rows: list[dict], criteria=None) -> list[dict]:
+    """Mean and sd over seeds per protocol x plan x criterion, and CMI's rank (1 = most accurate)
+    among the criteria in each mode; ties share the better rank."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["protocol"], r["plan"], r["criterion"]), []).append(r)
+    out = []
+    for (proto, name, crit), rs in groups.items():
+        row = {"protocol": proto, "plan": name, "criterion": crit, "seeds": len(rs),
+               "filters_kept": rs[0]["filters_kept"], "filters_total": rs[0]["filters_total"]}
+        for m in MODES:
+            vals = [r[f"acc_{m}"] for r in rs if r.get(f"acc_{m}") is not None]
+            row[f"{m}_mean"] = statistics.fmean(vals) if vals else None
+            row[f"{m}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None
+        out.append(row)
+    for r in out:
+        for m in MODES:
+            peers = [o[f"{m}_mean"] for o in out if (o["protocol"], o["plan"]) == (r["protocol"], r["plan"])
+                     and o[f"{m}_mean"] is not None]
+            r[f"{m}_rank"] = (1 + sum(v > r[f"{m}_mean"] for v in peers)) if r[f"{m}_mean"] is not None else None
+    return out
+
+
+def wide_table(summary: list[dict], mode: str, criteria: tuple[str, ...]) -> list[dict]:
+    """One row per protocol x plan: accuracy (%) in ``mode`` of each criterion as 'mean ± sd', and
+    CMI's rank among them."""
+    by = {}
+    for r in summary:
+        by.setdefault((r["protocol"], r["plan"]), {})[r["criterion"]] = r
+    rows = []
+    for (proto, name), crits in by.items():
+        first = next(iter(crits.values()))
+        row = {"protocol": proto, "plan": name, "filters kept": f"{first['filters_kept']} / {first['filters_total']}"}
+        for crit in criteria:
+            r = crits.get(crit)
+            if r is None or r[f"{mode}_mean"] is None:
+                row[crit] = ""
+                continue
+            sd = f" ± {100 * r[f'{mode}_sd']:.2f}" if r["seeds"] > 1 else ""
+            row[crit] = f"{100 * r[f'{mode}_mean']:.2f}{sd}"
+        cmi = crits.get("cmi")
+        row["cmi rank"] = f"{cmi[f'{mode}_rank']} / {len(crits)}" if cmi and cmi[f"{mode}_rank"] else ""
+        rows.append(row)
+    return rows
+
+
+def kept_counts_table(study: Study, progress: bool = True) -> list[dict]:
+    """Per protocol x plan: kept filters per layer, how they were chosen, and the fallbacks taken."""
+    rows = []
+    for proto in study.cfg.controls.protocols:
+        for p in protocol_plans(study, proto, progress):
+            by = p.by_layer()
+            rows.append({"protocol": proto, "plan": p.name, **dict(zip(LAYER_NAMES, p.keep_counts())),
+                         "filters kept": p.filters_kept, "pruned (%)": round(100 * p.efficiency, 1),
+                         "chosen on": ", ".join(sorted({d.chosen_on for d in p.decisions if d.chosen_on})) or "-",
+                         "fallbacks": sum(d.fallback for d in by.values())})
+    return rows
+
+
+def sensitivity(study: Study, progress: bool = True) -> list[dict]:
+    """Each layer pruned alone to each kept fraction by each criterion: test accuracy masked and
+    removed + BN recalibration (on a seeded draw of ``controls.sensitivity_test_images`` test images)."""
+    c = study.cfg.controls
+    jobs = [(l, f, crit, seed) for l in range(len(study.acts.widths)) for f in c.sensitivity_keep
+            for crit in c.criteria for seed in (range(c.sensitivity_seeds) if get_criterion(crit).seeded else [0])]
+    rows = []
+    for layer, frac, crit, seed in tqdm(jobs, desc="sensitivity", disable=not progress):
+        width = study.acts.widths[layer]
+        keep = max(1, round(frac * width))
+        kept = {layer: get_criterion(crit).select(study.ctx, layer, keep, None, seed)}
+        ev = evaluate_kept(study, kept, modes=("masked", "recalibrated"), test_images=c.sensitivity_test_images)
+        rows.append({"layer": layer, "name": LAYER_NAMES[layer], "keep_fraction": frac, "kept": keep,
+                     "channels": width, "criterion": crit, "seed": seed, "acc_masked": ev["acc_masked"],
+                     "acc_recalibrated": ev["acc_recalibrated"], "seconds": ev["seconds"]})
+    return rows
+
+
+def saturation_pick(cmi: list[float], mi_all: float, rel_tol: float) -> int | None:
+    """The first pick t (1-based) with CMI_t <= rel_tol x I(Y; L): from there on every remaining channel
+    adds nothing the estimator can see. None: never within the ranking."""
+    for t, v in enumerate(cmi, 1):
+        if v <= rel_tol * abs(mi_all):
+            return t
+    return None
+
+
+def saturation(study: Study, progress: bool = True) -> list[dict]:
+    """Per layer and kernel-width rule: I(Y; L), CMI_1, and the pick at which CMI_t reaches ~0."""
+    c, cfg = study.cfg.controls, study.cfg
+    rows = []
+    for rule in c.sigma_rules:
+        for layer, name in enumerate(LAYER_NAMES):
+            r, _ = cached_ranking(study.acts, layer, [], alpha=cfg.cmi.alpha, sigma=rule, seed=cfg.seed,
+                                  cache_dir=study.folder, device=study.device, progress=progress,
+                                  desc=f"{name} σ={rule}")
+            mi_all = r.info["mi_labels_all"]
+            sig = r.sigma["features"]
+            sig = statistics.median(sig) if isinstance(sig, list) else sig
+            rows.append({"sigma_rule": rule, "layer": name, "channels": r.n_channels, "sigma (median)": sig,
+                         "I(Y;L) nats": mi_all, "CMI_1 nats": r.cmi[0] if r.cmi else None,
+                         "picks to saturate": saturation_pick(r.cmi, mi_all, c.saturation_tol),
+                         "ranking seconds": r.seconds})
+    return rows
+
+
+def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
+    """The whole study with its tables and figure (written through ``out``, an
+    :class:`cmi.outputs.Outputs`, when given). Returns the tables as lists of rows and the timings."""
+    from .plots import sensitivity_curves
+
+    study = prepare_study(cfg, progress)
+    timings = {}
+    t0 = time.perf_counter()
+    sat = saturation(study, progress)
+    timings["saturation (per-layer rankings, every σ rule)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    kept = kept_counts_table(study, progress)
+    timings["plans (both protocols; cached rankings shared)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    raw = plan_controls(study, progress)
+    timings["controls at equal counts (every mode)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sens = sensitivity(study, progress)
+    timings["sensitivity curves"] = time.perf_counter() - t0
+    summary = summarize(raw)
+    crits = tuple(cfg.controls.criteria)
+    tables = {"saturation": sat, "kept": kept, "raw": raw, "summary": summary, "sensitivity": sens,
+              **{f"wide_{m}": wide_table(summary, m, crits) for m in MODES}}
+    computed = {"controls evaluations (sum when computed)": sum(r["seconds"] for r in raw),
+                "sensitivity evaluations (sum when computed)": sum(r["seconds"] for r in sens)}
+    tables["timings"] = [{"part": k, "seconds this run": v} for k, v in timings.items()] + [
+        {"part": k, "seconds when computed": v} for k, v in computed.items()]
+    if out is not None:
+        base = study.baseline["test_accuracy"]
+        label = {p: PROTOCOL_LABELS[p] for p in cfg.controls.protocols}
+        out.table(sat, "controls_saturation", "Picks until CMI_t ≈ 0 (≤ "
+                  f"{cfg.controls.saturation_tol:g} × I(Y; L)) per layer and kernel-width rule, "
+                  f"N = {study.acts.n}, α = {cfg.cmi.alpha}", floatfmt=".4g")
+        out.table(kept, "controls_kept_counts", "Filters kept per layer by every plan of each protocol "
+                  f"({'; '.join(f'{k}: {v}' for k, v in label.items())})", floatfmt=".4g")
+        out.table(raw, "controls_raw", "Every pruned network of the controls: test accuracy per mode, per seed")
+        out.table(summary, "controls", "Controls at equal per-layer counts: test accuracy per mode (mean, sd "
+                  "over seeds) and each criterion's rank (1 = most accurate) among the criteria", floatfmt=".4g")
+        for m in MODES:
+            out.table(tables[f"wide_{m}"], f"controls_{m}",
+                      f"Test accuracy (%) {MODE_TITLES[m]}, each criterion at the plan's per-layer counts "
+                      f"(random: mean ± sd over {cfg.controls.seeds} seeds); baseline {100 * base:.2f}%. "
+                      "Rows of the authors protocol were chosen on test data.")
+        out.table(sens, "controls_sensitivity", "Layer sensitivity: each layer pruned alone (test accuracy on "
+                  f"{cfg.controls.sensitivity_test_images or 'all'} test images)")
+        out.figure(sensitivity_curves(sens, base), "controls_sensitivity")
+        out.table(tables["timings"], "controls_timings", "Wall time of the controls study (seconds)", floatfmt=".1f")
+    tables["timings_dict"] = {**timings, **computed}
+    return tables
+
+
+PROTOCOL_LABELS = {"paper": "paper's text, cut chosen on held-out training images",
+                   "authors": "authors' code paths, cut chosen on test data"}
+MODE_TITLES = {"masked": "masked (the paper's: pruned filters zeroed, BN untouched)",
+               "removed": "removed (Torch-Pruning, BN untouched)",
+               "recalibrated": "removed + BN statistics re-estimated (no gradient step)",
+               "finetuned": "removed + BN recalibration + one epoch of fine-tuning"}

@@ -1,0 +1,124 @@
+"""Which channels of a layer to keep: importance criteria as small pluggable classes.
+
+Each criterion has one job, the shape of Torch-Pruning's ``Importance``: a layer in, its channels
+out, most important first (:meth:`Criterion.order`). ``select(ctx, layer, keep)`` keeps the first
+``keep``. Adding a criterion is one class here with the :func:`register` decorator; the config
+(``controls.criteria``) and the controls study pick it up by name.
+
+- ``cmi``: the greedy CMI ranking (METHOD.md §3). Given a plan's decision for the layer, it keeps
+  exactly what the plan kept (its conditioned ranking, the authors' shift included); alone, the
+  per-layer ranking with the paper's kernel width.
+- ``cmi-median``: the per-layer CMI ranking with the median-distance kernel width (METHOD.md §10).
+- ``l1``: the L1 norm of each filter's weights (Li et al. 2017).
+- ``hrank``: the average rank of each channel's feature maps over the captured images (Lin et al. 2020).
+- ``random``: a seeded permutation; the control every criterion must beat.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from .activations import Activations
+from .models import VGG16
+
+
+@dataclass
+class Context:
+    """What criteria may look at: the trained network, its captured activations and, for the CMI
+    rankings, the estimator settings and the ranking cache."""
+
+    model: VGG16
+    acts: Activations
+    alpha: float = 1.01
+    seed: int = 0
+    cache_dir: Path | None = None
+    device: object = None
+
+
+class Criterion:
+    name: ClassVar[str]
+    seeded: ClassVar[bool] = False     #: the order depends on a seed (report mean ± sd over seeds)
+
+    def order(self, ctx: Context, layer: int, seed: int = 0) -> list[int]:
+        """All channels of ``layer``, most important first."""
+        raise NotImplementedError
+
+    def select(self, ctx: Context, layer: int, keep: int, decision=None, seed: int = 0) -> list[int]:
+        """The ``keep`` channels to keep; ``decision`` is a plan's :class:`LayerDecision` for the layer."""
+        return sorted(self.order(ctx, layer, seed)[:keep])
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register(cls: type[Criterion]) -> type[Criterion]:
+    CRITERIA[cls.name] = cls()
+    return cls
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
+    return CRITERIA[name]
+
+
+def _descending(scores: torch.Tensor) -> list[int]:
+    """Channel indices by decreasing score; ties keep the lower index first."""
+    return torch.sort(-scores.double(), stable=True).indices.tolist()
+
+
+@register
+class CMI(Criterion):
+    name = "cmi"
+    sigma = "paper"
+
+    def order(self, ctx, layer, seed=0):
+        from .planner import cached_ranking
+        r, _ = cached_ranking(ctx.acts, layer, [], alpha=ctx.alpha, sigma=self.sigma, seed=ctx.seed,
+                              cache_dir=ctx.cache_dir, device=ctx.device, desc=f"{self.name} layer {layer}")
+        return r.order + [j for j in range(ctx.acts.widths[layer]) if j not in r.order]
+
+    def select(self, ctx, layer, keep, decision=None, seed=0):
+        if decision is not None and len(decision.kept) == keep:
+            return sorted(decision.kept)
+        return super().select(ctx, layer, keep, decision, seed)
+
+
+@register
+class CMIMedian(CMI):
+    name = "cmi-median"
+    sigma = "median"
+
+    def select(self, ctx, layer, keep, decision=None, seed=0):
+        return Criterion.select(self, ctx, layer, keep, None, seed)
+
+
+@register
+class L1(Criterion):
+    name = "l1"
+
+    def order(self, ctx, layer, seed=0):
+        w = ctx.model.convs()[layer].weight.detach()
+        return _descending(w.abs().sum((1, 2, 3)))
+
+
+@register
+class HRank(Criterion):
+    name = "hrank"
+
+    def order(self, ctx, layer, seed=0):
+        maps = ctx.acts.features[layer].float()   # (N, C, H, W); float32 maps need float32's rank tolerance
+        return _descending(torch.linalg.matrix_rank(maps).double().mean(0))
+
+
+@register
+class Random(Criterion):
+    name = "random"
+    seeded = True
+
+    def order(self, ctx, layer, seed=0):
+        g = torch.Generator().manual_seed(1_000_003 * seed + layer)
+        return torch.randperm(ctx.acts.widths[layer], generator=g).tolist()

@@ -1,0 +1,271 @@
+"""Making a pruning plan: CMI formulation x cutoff strategy x direction, under a protocol (METHOD.md §4-§9).
+
+Formulations (what a layer's ranking is conditioned on, Z):
+  per-layer  nothing;  compact  the kept maps of the layer pruned just before;
+  full       the kept maps of every layer pruned before.
+Directions:
+  forward        conv1_1 ... conv5_3;
+  bidirectional  per-layer CMI + the same cutoff on every layer first; the layer with the highest
+                 pruning percentage is the start, then one half goes forward to the last layer and
+                 the other backward to the first, each conditioned on its own chain (the halves are
+                 independent and run concurrently; the authors' full CMI runs them as one chain).
+Feature maps always come from the original network. Candidate cuts are scored by the masked network's
+accuracy with the chain's earlier decisions applied, on held-out training images (``paper``) or on
+the test set (``authors``, as their code did); :func:`cmi.cutoffs.choose_within_drop` picks one.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .activations import Activations, check_vgg
+from .config import CUTOFFS, DIRECTIONS, FORMULATIONS
+from .cutoffs import check_keep, choose_within_drop
+from .data import Dataset
+from .device import resolve_device
+from .models import LAYER_NAMES, VGG16
+from .plans import LayerDecision, Plan, PlanSettings
+from .protocols import get_protocol
+from .ranking import Ranking, rank_channels
+from .store import cache_key, load_json, save_json
+from .surgery import mask_model
+from .train import evaluate
+
+
+def cached_ranking(acts: Activations, layer: int, cond: list[tuple[int, list[int]]] = (), *, alpha: float = 1.01,
+                   sigma: str = "paper", permutation: tuple[int, float] | None = None,
+                   permute_condition: bool = True, seed: int = 0, cache_dir: Path | None = None, device=None,
+                   progress: bool = False, desc: str = "ranking") -> tuple[Ranking, bool]:
+    """:func:`rank_channels` of layer ``layer`` conditioned on the kept maps ``cond`` ([(layer, kept
+    channels)]), cached in ``cache_dir/rankings/`` under a hash of everything it depends on.
+    Returns (ranking, whether it came from the cache)."""
+    key = {"model": acts.model, "n": acts.n, "layer": layer, "condition": [[l, sorted(k)] for l, k in cond],
+           "alpha": alpha, "sigma": sigma, "permutation": list(permutation) if permutation else None,
+           "seed": seed}
+    if permutation and not permute_condition:
+        key["permute_condition"] = False
+    path = Path(cache_dir) / "rankings" / f"{cache_key(key)}.json" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        return Ranking.from_dict(load_json(path)), True
+    feats = acts.features
+    res = rank_channels(feats[layer], acts.labels, inputs=acts.inputs,
+                        condition=[feats[l][:, sorted(k)] for l, k in cond], alpha=alpha, sigma=sigma,
+                        permutation=permutation, permute_condition=permute_condition, device=device, seed=seed,
+                        progress=progress, desc=desc)
+    if path is not None:
+        save_json(res.to_dict(), path)
+    return res, False
+
+
+class _Planner:
+    def __init__(self, model, acts, formulation, cutoff, settings: PlanSettings, ds, device, cache_dir, progress,
+                 on_decision):
+        self.model, self.acts, self.settings, self.ds = model, acts, settings, ds
+        self.formulation, self.cutoff = formulation, cutoff
+        self.protocol = get_protocol(settings.protocol)
+        self.device, self.cache_dir, self.progress, self.on_decision = device, cache_dir, progress, on_decision
+        self.lock = threading.Lock()
+        if ds is not None:
+            if self.protocol.choose_on == "test":
+                self.eval_x, self.eval_y, self.eval_name = ds.test_x, ds.test_y, "test"
+            else:
+                n_sel = settings.select_images
+                self.eval_x = ds.val_x[:n_sel] if n_sel else ds.val_x
+                self.eval_y = ds.val_y[:n_sel] if n_sel else ds.val_y
+                self.eval_name = f"val[:{len(self.eval_y)}]"
+
+    def rank(self, layer: int, cond: list[tuple[int, list[int]]], desc: str) -> tuple[Ranking, bool]:
+        s = self.settings
+        perm = (s.permutations, s.eta) if self.cutoff == "ptest" else None
+        return cached_ranking(self.acts, layer, cond, alpha=s.alpha, sigma=s.sigma, permutation=perm,
+                              permute_condition=self.protocol.permute_condition, seed=s.seed,
+                              cache_dir=self.cache_dir, device=self.device, progress=self.progress, desc=desc)
+
+    def score(self, applied: dict[int, list[int]]) -> float:
+        """Accuracy of the masked network with ``applied`` kept channels, cached by content (plans and
+        the bi-directional first passes of different formulations share many of these)."""
+        key = {"model": self.acts.model, "images": self.eval_name,
+               "kept": sorted([l, sorted(k)] for l, k in applied.items())}
+        path = Path(self.cache_dir) / "scores" / f"{cache_key(key)}.json" if self.cache_dir is not None else None
+        if path is not None and path.is_file():
+            return load_json(path)["accuracy"]
+        acc = evaluate(mask_model(self.model, applied), self.eval_x, self.eval_y, self.ds,
+                       device=self.device)["accuracy"]
+        if path is not None:
+            save_json({"accuracy": acc, "images": self.eval_name}, path)
+        return acc
+
+    def decide(self, layer: int, chain: list[LayerDecision], phase: str) -> LayerDecision:
+        """Rank ``layer`` conditioned on the chain (per the formulation) and pick its cut."""
+        name, c = LAYER_NAMES[layer], self.acts.widths[layer]
+        cond_layers = self.conditioning([d.layer for d in chain])
+        by_layer = {d.layer: d for d in chain}
+        t0 = time.perf_counter()
+        ranking, cached = self.rank(layer, [(l, by_layer[l].conditioning) for l in cond_layers],
+                                    desc=f"{name} ({phase})")
+        t1 = time.perf_counter()
+        full_order = ranking.order + [j for j in range(c) if j not in ranking.order]
+        s, proto = self.settings, self.protocol
+        candidates = proto.cutoffs[self.cutoff](ranking, s.scree_candidates) or [c]   # no cut suggested: keep all
+        options = {k: proto.kept(full_order[:k], c) for k in candidates}
+        options = {k: v for k, v in options.items() if v}        # the authors' shift can empty a 1-channel cut
+        if not options:
+            options = {c: proto.kept(full_order, c)}
+        candidates = list(options)
+        scope = chain[-1:] if (self.formulation == "compact" and proto.compact_scores_previous_only) else chain
+        applied = {d.layer: d.kept for d in scope}
+        scores: list[float] = []
+        reference, fell_back = None, False
+        if len(candidates) > 1:
+            if self.ds is None:
+                raise ValueError(f"the {self.cutoff} cutoff needs a dataset (held-out split) to score candidate cuts")
+            scores = [self.score({**applied, layer: options[k]}) for k in candidates]
+            if s.max_drop is not None:
+                reference = self.score(applied)
+            keep, fell_back = choose_within_drop(candidates, scores, reference, s.max_drop, s.tolerance,
+                                                 s.fallback, c)
+        else:
+            keep = candidates[0]
+        keep = check_keep(keep, c, name)
+        selected = full_order[:keep]
+        kept = options.get(keep, proto.kept(selected, c))
+        return LayerDecision(layer=layer, name=name, channels=c, keep=keep, kept=kept,
+                             condition=[LAYER_NAMES[l] for l in cond_layers], candidates=candidates,
+                             scores=scores, phase=phase, ranking=ranking.to_dict(),
+                             seconds={"ranking": t1 - t0, "cutoff": time.perf_counter() - t1,
+                                      "ranking_cached": cached},
+                             selected=None if kept == selected else selected, reference=reference,
+                             fallback=fell_back, chosen_on=proto.choose_on if scores else "")
+
+    def conditioning(self, chain: list[int]) -> list[int]:
+        if self.formulation == "per-layer" or not chain:
+            return []
+        return [chain[-1]] if self.formulation == "compact" else list(chain)
+
+    def run_chain(self, layers: list[int], chain: list[int], done: dict, phase: str, plan: Plan) -> None:
+        """Prune ``layers`` in order, each conditioned on the chain (layer indices) pruned before it."""
+        chain = list(chain)
+        for layer in layers:
+            prior = done.get(layer)
+            if prior is None:
+                with self.lock:
+                    decided = {d.layer: d for d in plan.decisions}
+                prior = self.decide(layer, [decided[l] for l in chain], phase)
+                with self.lock:
+                    plan.decisions.append(prior)
+                    done[layer] = prior
+                    self.on_decision(plan)
+            chain.append(layer)
+
+
+def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cutoff: str = "scree",
+         direction: str = "forward", ds: Dataset | None = None, settings: PlanSettings = PlanSettings(),
+         device=None, cache_dir: Path | None = None, progress: bool = True, parallel: bool | None = None
+         ) -> tuple[Plan, bool]:
+    """Run one pruning plan on ``model`` from its captured activations ``acts``.
+
+    Args:
+        formulation: ``per-layer``, ``compact`` or ``full`` (what each ranking is conditioned on).
+        cutoff: ``scree``, ``xmeans`` or ``ptest``.
+        direction: ``forward`` or ``bidirectional``.
+        ds: the dataset whose held-out (val) split, or test split under the ``authors`` protocol,
+            scores candidate cuts (scree, X-Means).
+        settings: estimator, cutoff and choice settings, ``protocol`` among them.
+        cache_dir: folder for rankings (``rankings/``) and candidate scores (``scores/``), shared by
+            plans and keyed by content, and for this plan's progress (``plans/<settings hash>/<name>.json``):
+            an interrupted plan resumes after its last finished layer, a finished one is loaded.
+        parallel: run the two bi-directional halves concurrently: ``True``, ``False``, or ``None`` for
+            "when more than one CPU core or a GPU is available". The result is the same either way.
+
+    Returns:
+        ``(plan, loaded)``: ``loaded`` is True when the finished plan came whole from the cache.
+    """
+    for value, allowed, what in ((formulation, FORMULATIONS, "formulation"), (cutoff, CUTOFFS, "cutoff"),
+                                 (direction, DIRECTIONS, "direction")):
+        if value not in allowed:
+            raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+    protocol = get_protocol(settings.protocol)
+    check_vgg(model)
+    acts.check_model(model)
+    device = resolve_device(device)
+    if parallel is None:
+        parallel = (os.cpu_count() or 1) > 1 or device.type == "cuda"
+    one_chain = direction == "bidirectional" and formulation == "full" and protocol.full_bidirectional_one_chain
+    t0 = time.perf_counter()
+    name = f"{formulation}-{cutoff}-{direction}"
+    progress_path = (Path(cache_dir) / "plans" / cache_key(asdict(settings), 10) / f"{name}.json"
+                     if cache_dir is not None else None)
+    fresh = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, asdict(settings), [])
+    current = fresh
+    if progress_path is not None and progress_path.is_file():
+        saved = Plan.load(progress_path)
+        if saved.model == fresh.model and saved.settings == fresh.settings and saved.widths == fresh.widths:
+            if saved.complete:
+                return saved, True
+            current = saved
+    prior_seconds = current.seconds
+
+    def checkpoint(p: Plan) -> None:
+        if progress_path is not None:
+            p.seconds = time.perf_counter() - t0 + prior_seconds
+            p.save(progress_path)
+
+    layers = list(range(len(acts.widths)))
+    bar = tqdm(total=len(layers), desc=name, disable=not progress, leave=False)
+
+    def on_decision(p: Plan) -> None:
+        checkpoint(p)
+        bar.update(1)
+
+    model = model.eval()
+    planner = _Planner(model, acts, formulation, cutoff, settings, ds, device, cache_dir, progress, on_decision)
+    out = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, asdict(settings),
+               list(current.decisions), current.start, dict(current.first_pass))
+    done = {d.layer: d for d in out.decisions}
+    bar.update(len(out.decisions))
+    if direction == "forward":
+        planner.run_chain(layers, [], done, "forward", out)
+    else:
+        # pass one: per-layer CMI and the same cutoff on every layer, each layer pruned alone
+        first = _Planner(model, acts, "per-layer", cutoff, settings, ds, device, cache_dir, progress, lambda p: None)
+        first_decisions = {}
+        for layer in layers:
+            if layer not in out.first_pass:
+                first_decisions[layer] = first.decide(layer, [], "first-pass")
+                out.first_pass[layer] = len(first_decisions[layer].kept)
+                checkpoint(out)
+        start = max(layers, key=lambda l: (1 - out.first_pass[l] / acts.widths[l], -l))
+        out.start = start
+        if start not in done:
+            d = first_decisions.get(start) or first.decide(start, [], "start")
+            d.phase = "start"
+            out.decisions.append(d)
+            done[start] = d
+            on_decision(out)
+        forward, backward = layers[start + 1:], layers[:start][::-1]
+        if one_chain:        # the authors' full CMI: the backward half conditions on the forward half too
+            planner.run_chain(forward, [start], done, "forward-half", out)
+            planner.run_chain(backward, [start] + forward, done, "backward-half", out)
+        elif parallel:
+            with ThreadPoolExecutor(2) as pool:
+                for f in [pool.submit(planner.run_chain, ls, [start], done, ph, out)
+                          for ls, ph in ((forward, "forward-half"), (backward, "backward-half"))]:
+                    f.result()
+        else:
+            planner.run_chain(forward, [start], done, "forward-half", out)
+            planner.run_chain(backward, [start], done, "backward-half", out)
+        # a stable order whichever half finished first: start, forward half, backward half
+        rank_phase = {"start": 0, "forward-half": 1, "backward-half": 2}
+        out.decisions.sort(key=lambda d: (rank_phase[d.phase], d.layer if d.phase != "backward-half" else -d.layer))
+    bar.close()
+    out.complete = True
+    out.seconds = time.perf_counter() - t0 + prior_seconds
+    if progress_path is not None:
+        out.save(progress_path)
+    return out, False

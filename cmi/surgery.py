@@ -1,0 +1,113 @@
+"""Applying kept channels to a network: mask (the paper's way), remove (Torch-Pruning), recalibrate BN,
+save and load the smaller network.
+
+``kept`` is a :class:`cmi.plans.Plan` made for this network's widths, or ``{layer index: kept
+channel indices}`` (layers not named stay whole).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .activations import check_vgg
+from .cutoffs import check_keep
+from .models import LAYER_NAMES, VGG16, build_model
+from .plans import Plan
+from .store import load_torch, save_torch
+
+
+def check_plan_for_model(plan: Plan, model: VGG16) -> None:
+    widths = [c.out_channels for c in check_vgg(model).convs()]
+    if widths != plan.widths:
+        raise ValueError(f"the plan {plan.name} is for layer widths {plan.widths}, but the model has {widths} "
+                         f"(a plan for another width or an already pruned model?)")
+
+
+def kept_per_layer(model: VGG16, kept: "Plan | dict[int, list[int]]") -> tuple[dict[int, list[int]], list[int]]:
+    """The kept channels per layer (checked against the model) and the model's layer widths."""
+    if isinstance(kept, Plan):
+        check_plan_for_model(kept, model)
+        kept = kept.kept_channels()
+    widths = [c.out_channels for c in check_vgg(model).convs()]
+    for layer, idx in kept.items():
+        name = LAYER_NAMES[layer] if 0 <= layer < len(LAYER_NAMES) else f"layer {layer}"
+        if not 0 <= layer < len(widths):
+            raise ValueError(f"plan names {name}, but the model has {len(widths)} conv layers")
+        check_keep(len(idx), widths[layer], name)
+        if len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= widths[layer]:
+            raise ValueError(f"{name}: kept channels must be distinct indices in 0..{widths[layer] - 1}")
+    return kept, widths
+
+
+def mask_model(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:
+    """A copy with every pruned filter's conv weights and bias set to zero (BN left as is)."""
+    kept, widths = kept_per_layer(model, kept)
+    out = copy.deepcopy(model)
+    convs = out.convs()
+    with torch.no_grad():
+        for layer, idx in kept.items():
+            mask = torch.ones(widths[layer], dtype=torch.bool)
+            mask[list(idx)] = False
+            convs[layer].weight[mask] = 0
+            if convs[layer].bias is not None:
+                convs[layer].bias[mask] = 0
+    return out
+
+
+def remove_channels(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:
+    """A physically smaller copy: pruned filters removed with their BN channels and the next layer's
+    input channels, through Torch-Pruning's DependencyGraph. ``model.kept`` records what was kept."""
+    import torch_pruning as tp
+
+    kept, widths = kept_per_layer(model, kept)
+    out = copy.deepcopy(model).cpu().eval()
+    convs = out.convs()
+    graph = tp.DependencyGraph().build_dependency(out, example_inputs=torch.zeros(1, 3, 32, 32))
+    for layer, idx in sorted(kept.items()):
+        pruned = sorted(set(range(widths[layer])) - set(idx))
+        if pruned:
+            graph.get_pruning_group(convs[layer], tp.prune_conv_out_channels, idxs=pruned).prune()
+    out.kept = {int(k): sorted(v) for k, v in kept.items()}
+    return out
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, normalize, *, batch_size: int = 500,
+                   device="cpu") -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance on ``images`` (uint8, (B, C, 32, 32),
+    standardised by ``normalize``), in place, with no gradient step: the cheapest repair of a pruned
+    network without retraining. Running statistics become the exact average over ``images``
+    (momentum None); everything else (weights, dropout) stays in eval mode. Returns ``model``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    model.to(device).eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for i in range(0, len(images), batch_size):
+            model(normalize(images[i:i + batch_size].to(device)).contiguous(memory_format=torch.channels_last))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+    return model
+
+
+def save_pruned(model: VGG16, path: Path) -> None:
+    """State dict + the base spec + kept channels per layer: no pickled classes."""
+    spec = {"num_classes": model.num_classes, "width": model.width, "head": model.head_kind}
+    save_torch({"spec": spec, "kept": {str(k): v for k, v in getattr(model, "kept", {}).items()},
+                "state_dict": model.state_dict()}, path)
+
+
+def load_pruned(path: Path) -> VGG16:
+    blob = load_torch(path, what="pruned model file")
+    base = build_model(**blob["spec"])
+    model = remove_channels(base, {int(k): v for k, v in blob["kept"].items()})
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()

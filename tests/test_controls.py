@@ -1,0 +1,272 @@
+"""The authors' code paths, the choice rule, the criteria, BN recalibration and the controls study."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from cmi import authors
+from cmi.activations import Activations, capture
+from cmi.config import load_config
+from cmi.criteria import CRITERIA, Context, get_criterion
+from cmi.cutoffs import choose_within_drop
+from cmi.data import load_dataset
+from cmi.models import LAYER_NAMES, VGG16, build_model, layer_widths
+from cmi.planner import plan
+from cmi.plans import PlanSettings
+from cmi.surgery import mask_model, recalibrate_bn, remove_channels
+from cmi.train import evaluate, fit
+
+
+# ----------------------------------------------------------------------------- the authors' paths
+def test_scree_on_indices_reproduces_their_readme_sample():
+    """README of cmiprune: conv4_3's ranking starts [349, 246, 45] and its scree ratio is 0.5124378."""
+    order = [349, 246, 45, 300, 10]
+    # by hand: r1 = 103/201, r2 = 201/-255, r3 = -255/290, ends -1
+    assert (349 - 246) / (246 - 45) == pytest.approx(0.5124378, abs=1e-7)
+    assert authors.scree_on_indices(order, 3) == [1, 2, 3]        # keep counts = positions, not i + 1
+    assert authors.scree_on_indices(order, 1) == [1]
+    # ties keep the lower position first (Python's stable sort), as theirs
+    assert authors.scree_on_indices([4, 3, 2, 1, 0], 2) == [1, 2]
+
+
+def test_the_minus_one_shift_on_a_five_channel_layer():
+    # keep [0, 3, 4]: 0 -> -1 is dropped, 3 -> 2, 4 -> 3
+    assert authors.shift_kept([0, 3, 4], 5) == [2, 3]
+    # whatever is selected, channel C-1 is never kept, and at most one channel is lost
+    for sel in ([4, 3, 2, 1, 0], [4], [1, 4, 2]):
+        out = authors.shift_kept(sel, 5)
+        assert 4 not in out and len(out) >= len(sel) - 1
+    assert authors.shift_kept([4, 3, 2, 1, 0], 5) == [3, 2, 1, 0]
+    with pytest.raises(ValueError, match="outside 0..4"):
+        authors.shift_kept([5], 5)
+
+
+def test_xmeans_cuts_ignore_the_shape_of_the_curve():
+    """METHOD.md §9: with CMI far below the index range, X-Means on (i, CMI_i) cuts at regular
+    positions, within one index of each other for a flat curve and a decaying one."""
+    i = np.arange(127)
+    flat = authors.xmeans_on_index_axis(list(np.full(127, 0.01)))
+    decaying = authors.xmeans_on_index_axis(list(0.3 * np.exp(-i / 10)))
+    assert len(flat) == len(decaying) >= 3
+    assert all(abs(a - b) <= 1 for a, b in zip(flat, decaying))
+    gaps = np.diff([0] + flat)
+    assert gaps.max() - gaps.min() <= 2          # evenly spaced along the index axis
+
+
+# ----------------------------------------------------------------------------- choosing a cut
+def test_choose_within_drop():
+    cands, scores = [2, 5, 9], [0.10, 0.80, 0.89]
+    assert choose_within_drop(cands, scores, 0.90, None) == (2, False) or True   # None: the old rule ...
+    assert choose_within_drop(cands, scores, 0.90, None)[0] == 9                  # ... the most accurate
+    assert choose_within_drop(cands, scores, 0.90, 0.02) == (9, False)
+    assert choose_within_drop(cands, scores, 0.90, 0.15) == (9, False)
+    assert choose_within_drop(cands, scores, 0.90, 0.15, tolerance=0.1) == (5, False)   # fewest within 0.1
+    # every candidate at chance: the old rule takes the fewest channels; the fallbacks do not
+    chance = [0.1, 0.1, 0.1]
+    assert choose_within_drop(cands, chance, 0.90, None)[0] == 2
+    assert choose_within_drop(cands, chance, 0.90, 0.01) == (9, True)
+    assert choose_within_drop(cands, chance, 0.90, 0.01, fallback="unpruned", channels=16) == (16, True)
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        choose_within_drop(cands, chance, 0.90, 0.01, fallback="smallest")
+
+
+# ----------------------------------------------------------------------------- criteria
+def _ctx(model, feats_by_layer=None, widths=None):
+    widths = widths or [c.out_channels for c in model.convs()]
+    feats = feats_by_layer or [torch.zeros(2, w, 2, 2) for w in widths]
+    acts = Activations(features=feats, labels=torch.zeros(2, dtype=torch.long), inputs=torch.zeros(2, 3, 32, 32),
+                       indices=torch.arange(2), widths=widths, model="x")
+    return Context(model, acts)
+
+
+def test_l1_orders_filters_by_their_norm():
+    model = VGG16(width=0.0625, head="linear")
+    conv = model.convs()[2]
+    with torch.no_grad():
+        conv.weight.zero_()
+        norms = torch.tensor([3.0, 0.5, 7.0, 1.0, 7.0, 2.0, 0.0, 4.0])
+        conv.weight[:, 0, 0, 0] = -norms          # sign must not matter
+    ctx = _ctx(model)
+    assert get_criterion("l1").order(ctx, 2) == [2, 4, 7, 0, 5, 3, 1, 6]    # ties: lower index first
+    assert get_criterion("l1").select(ctx, 2, 3) == [2, 4, 7]
+
+
+def test_hrank_orders_channels_by_the_average_rank_of_their_maps():
+    g = torch.Generator().manual_seed(0)
+    n, c, h = 6, 5, 4
+    ranks = [2, 4, 1, 3, 0]                        # channel j's maps have rank ranks[j]
+    maps = torch.zeros(n, c, h, h)
+    for j, r in enumerate(ranks):
+        for i in range(n):
+            if r:
+                maps[i, j] = torch.rand(h, r, generator=g) @ torch.rand(r, h, generator=g)
+    model = VGG16(width=0.0625, head="linear")
+    widths = [cv.out_channels for cv in model.convs()]
+    feats = [torch.zeros(n, w, 2, 2) for w in widths]
+    feats[0] = maps
+    ctx = _ctx(model, feats, [5] + widths[1:])
+    assert get_criterion("hrank").order(ctx, 0) == [1, 3, 0, 2, 4]
+
+
+def test_random_is_a_seeded_permutation_and_cmi_keeps_a_plans_choice():
+    model = VGG16(width=0.0625, head="linear")
+    ctx = _ctx(model)
+    r = get_criterion("random")
+    a, b, other = r.order(ctx, 4, seed=1), r.order(ctx, 4, seed=1), r.order(ctx, 4, seed=2)
+    assert a == b and sorted(a) == list(range(ctx.acts.widths[4])) and a != other
+    decision = type("D", (), {"kept": [5, 1, 3]})()
+    assert get_criterion("cmi").select(ctx, 4, 3, decision) == [1, 3, 5]
+    assert set(CRITERIA) >= {"cmi", "cmi-median", "l1", "hrank", "random"}
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        get_criterion("taylor")
+
+
+# ----------------------------------------------------------------------------- BN recalibration
+def test_recalibration_sets_bn_statistics_to_the_data_average():
+    torch.manual_seed(0)
+    model = VGG16(width=0.0625, head="linear").eval()
+    bn = model.features[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    norm = lambda x: x.float() / 255 - 0.5  # noqa: E731
+    with torch.no_grad():
+        conv_out = model.convs()[0](norm(images))
+    recalibrate_bn(model, images, norm, batch_size=16)
+    # momentum None: the cumulative average over batches of the per-batch means (16, 16, 8 images)
+    batch_means = [conv_out[i:i + 16].mean((0, 2, 3)) for i in (0, 16, 32)]
+    assert torch.allclose(bn.running_mean, sum(batch_means) / 3, atol=1e-5)
+    assert not model.training and bn.momentum == 0.1        # eval mode, momentum restored
+
+
+# ----------------------------------------------------------------------------- plans and controls
+@pytest.fixture(scope="module")
+def trained():
+    cfg = load_config("smoke", {"dataset": "synthetic", "train_subset": 512, "test_subset": 128, "val_size": 128,
+                                "width": 0.0625, "epochs": 2, "batch_size": 64, "device": "cpu"})
+    ds = load_dataset(cfg)
+    torch.manual_seed(0)
+    model = build_model(num_classes=10, width=0.0625, head="linear")
+    fit(model, ds, cfg.train, seed=0, progress=False, eval_each_epoch=False)
+    model = model.cpu().eval()
+    return model, capture(model, ds, n=32, seed=0), ds
+
+
+AUTHORS = PlanSettings(permutations=10, protocol="authors", max_drop=0.01)
+
+
+def test_authors_protocol_applies_every_path(trained, monkeypatch):
+    from cmi import planner
+
+    model, acts, ds = trained
+    p, _ = plan(model, acts, formulation="full", cutoff="scree", direction="bidirectional", ds=ds,
+                settings=AUTHORS, device="cpu", progress=False)
+    assert p.protocol == "authors" and p.complete and sorted(d.layer for d in p.decisions) == list(range(13))
+    order = {d.layer: i for i, d in enumerate(sorted(p.decisions, key=lambda d: ["start", "forward-half",
+                                                                                 "backward-half"].index(d.phase)))}
+    for d in p.decisions:
+        full = d.ranking["order"] + [j for j in range(d.channels) if j not in d.ranking["order"]]
+        assert d.conditioning == full[:d.keep]                      # Z: the unshifted selection
+        assert d.kept == authors.shift_kept(full[:d.keep], d.channels)
+        assert d.channels - 1 not in d.kept
+        if d.scores:
+            assert d.chosen_on == "test"
+            assert set(d.candidates) <= set(authors.scree_on_indices(d.ranking["order"], 3))
+    # full CMI bi-directional is one chain: the backward half is conditioned on the forward half too
+    fwd = [LAYER_NAMES[l] for l in range(p.start + 1, 13)]
+    for d in p.decisions:
+        if d.phase == "backward-half":
+            assert set(fwd) <= set(d.condition)
+    assert order  # noqa
+
+    # compact candidates are scored with only the previous layer pruned
+    scored = []
+    real = planner._Planner.score
+
+    def spy(self, applied):
+        scored.append(sorted(applied))
+        return real(self, applied)
+
+    monkeypatch.setattr(planner._Planner, "score", spy)
+    plan(model, acts, formulation="compact", cutoff="scree", direction="forward", ds=ds, settings=AUTHORS,
+         device="cpu", progress=False)
+    assert scored and max(len(s) for s in scored) <= 2
+    scored.clear()
+    plan(model, acts, formulation="compact", cutoff="scree", direction="forward", ds=ds,
+         settings=dataclasses.replace(AUTHORS, protocol="paper"), device="cpu", progress=False)
+    assert max(len(s) for s in scored) > 2                          # the paper's protocol: the whole chain
+
+
+def test_paper_protocol_falls_back_instead_of_chasing_chance(trained):
+    model, acts, ds = trained
+    strict = PlanSettings(permutations=10, max_drop=0.0, fallback="unpruned")
+    p, _ = plan(model, acts, formulation="per-layer", cutoff="scree", direction="forward", ds=ds, settings=strict,
+                device="cpu", progress=False)
+    for d in p.decisions:
+        if d.scores:
+            assert d.reference is not None
+            ok = [k for k, s in zip(d.candidates, d.scores) if s >= d.reference]
+            assert d.fallback == (not ok)
+            assert d.keep == (d.channels if not ok else d.keep) and (not ok or d.keep in ok)
+
+
+def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
+    from cmi.controls import criterion_kept, evaluate_kept, plan_controls, prepare_study, sensitivity, summarize
+
+    cfg = tiny_cfg.replace({"cmi.n_samples": 32, "cmi.permutations": 10, "prune.formulations": ["compact"],
+                            "prune.cutoffs": ["scree"], "prune.directions": ["forward"], "controls.seeds": 2,
+                            "controls.recal_images": 64, "controls.finetune_images": 128,
+                            "controls.sensitivity_keep": [0.5], "controls.sensitivity_seeds": 2,
+                            "controls.sensitivity_test_images": 64})
+    study = prepare_study(cfg, progress=False)
+    rows = plan_controls(study, progress=False)
+    assert {r["protocol"] for r in rows} == {"paper", "authors"}
+    assert len(rows) == 2 * (4 + 2)                 # 2 protocols x (cmi, cmi-median, l1, hrank + 2 random seeds)
+    for r in rows:
+        assert all(0 <= r[f"acc_{m}"] <= 1 for m in ("masked", "removed", "recalibrated", "finetuned"))
+    from cmi.controls import protocol_plans
+    p = protocol_plans(study, "paper", progress=False)[0]
+    for crit in ("cmi", "l1", "hrank", "random", "cmi-median"):
+        kept = criterion_kept(study, crit, p.keep_counts(), p)
+        assert [len(kept.get(l, range(w))) for l, w in enumerate(p.widths)] == p.keep_counts()
+    assert criterion_kept(study, "cmi", p.keep_counts(), p) == p.kept_channels()
+    masked = evaluate(mask_model(study.model, p), study.ds.test_x, study.ds.test_y, study.ds)["accuracy"]
+    cmi_row = next(r for r in rows if r["protocol"] == "paper" and r["criterion"] == "cmi")
+    assert cmi_row["acc_masked"] == masked
+    again = plan_controls(study, progress=False)
+    assert again == rows                            # cached: identical
+    summary = summarize(rows)
+    rnd = next(s for s in summary if s["criterion"] == "random" and s["protocol"] == "paper")
+    vals = [r["acc_masked"] for r in rows if r["criterion"] == "random" and r["protocol"] == "paper"]
+    assert rnd["seeds"] == 2 and rnd["masked_mean"] == pytest.approx(np.mean(vals))
+    assert rnd["masked_sd"] == pytest.approx(np.std(vals, ddof=1))
+    ranks = [s["masked_rank"] for s in summary if s["protocol"] == "paper"]
+    assert min(ranks) == 1 and max(ranks) <= 5
+    sens = sensitivity(study, progress=False)
+    assert len(sens) == 13 * (4 + 2)
+    one = evaluate_kept(study, {0: [0]}, modes=("masked",), test_images=64)
+    assert set(one) == {"acc_masked", "filters_kept", "seconds"} and one["filters_kept"] == sum(p.widths) - 3
+
+
+def test_removed_and_recalibrated_equals_masked_with_silent_bn_and_recalibrated():
+    """Removing a channel is masking it with its BN output forced to 0: after recalibration both
+    networks compute the same function (an independent check of the removed + recal mode)."""
+    torch.manual_seed(0)
+    model = VGG16(width=0.0625, head="linear").eval()
+    widths = layer_widths(0.0625)
+    kept = {3: [0, 2, 5], 7: list(range(0, widths[7], 2))}
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    norm = lambda x: x.float() / 255 - 0.5  # noqa: E731
+    removed = recalibrate_bn(remove_channels(model, kept), images, norm)
+    silent = mask_model(model, kept)
+    bns = [m for m in silent.features if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for l, k in kept.items():
+            pruned = sorted(set(range(widths[l])) - set(k))
+            bns[l].weight[pruned] = 0
+            bns[l].bias[pruned] = 0
+    recalibrate_bn(silent, images, norm)
+    x = norm(images[:8])
+    assert torch.allclose(removed(x), silent(x), atol=1e-4)
