@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .device import resolve_device
 from .models import LAYER_NAMES, layer_widths
 from .entropy import single_thread
 from .ranking import _channel_grams, _variable_gram, rank_channels
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="also write the printout, with the command, to this Markdown file (README includes it)")
     args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     printout = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, printout)):
         print(f"device: {hardware(device)}; torch {torch.__version__}", flush=True)
@@ -223,7 +224,7 @@ def estimate_run(cfg, steps: int = 4) -> dict:
     steps and eigendecompositions (no dataset needed): seconds for baseline, rankings, fine-tuning."""
     from .config import Config
     from .models import build_model
-    from .train import make_optimizer, resolve_device
+    from .train import make_optimizer
 
     assert isinstance(cfg, Config)
     device = resolve_device(cfg.device)

@@ -267,18 +267,16 @@ def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
 
     study = prepare_study(cfg, progress)
     timings = {}
-    t0 = time.perf_counter()
-    sat = saturation(study, progress)
-    timings["saturation (per-layer rankings, every σ rule)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    kept = kept_counts_table(study, progress)
-    timings["plans (both protocols; cached rankings shared)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    raw = plan_controls(study, progress)
-    timings["controls at equal counts (every mode)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sens = sensitivity(study, progress)
-    timings["sensitivity curves"] = time.perf_counter() - t0
+    parts = (("saturation (per-layer rankings, every σ rule)", saturation),
+             ("plans (both protocols; cached rankings shared)", kept_counts_table),
+             ("controls at equal counts (every mode)", plan_controls),
+             ("sensitivity curves", sensitivity))
+    results = []
+    for label, part in parts:
+        t0 = time.perf_counter()
+        results.append(part(study, progress))
+        timings[label] = time.perf_counter() - t0
+    sat, kept, raw, sens = results
     summary = summarize(raw)
     crits = tuple(cfg.controls.criteria)
     tables = {"saturation": sat, "kept": kept, "raw": raw, "summary": summary, "sensitivity": sens,

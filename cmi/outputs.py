@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import Config
 from .paths import project_root
-from .store import atomic_write, atomic_write_text, save_json
+from .store import atomic_write, atomic_write_text, cache_key, save_json
 from .train import hardware_name, resolve_device
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torch-pruning", "pyclustering", "matplotlib", "seaborn", "cmi")
@@ -143,8 +143,6 @@ def start_notebook(profile: str, dataset: str | None = None, overrides: dict | s
 
     Figures and tables go to ``figures/<profile>-<dataset>/``, with a suffix naming a hash of any
     further overrides so that runs with other settings never overwrite each other."""
-    import hashlib
-
     import matplotlib
     import seaborn as sns
 
@@ -160,8 +158,7 @@ def start_notebook(profile: str, dataset: str | None = None, overrides: dict | s
     folder = figures_dir(cfg)
     extra = {k: v for k, v in (overrides or {}).items()}
     if extra:
-        folder = folder.with_name(folder.name + "-" + hashlib.sha256(
-            json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:8])
+        folder = folder.with_name(folder.name + "-" + cache_key(extra, 8))
     sns.set_theme(context="notebook", style="whitegrid")
     matplotlib.rcParams["figure.dpi"] = 80
     out = Outputs(cfg, notebook, folder)

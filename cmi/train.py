@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .config import Config, TrainConfig, save_config
 from .data import Dataset, augment, load_dataset
-from .device import resolve_device  # noqa: F401  (re-exported: callers import it from here)
+from .device import resolve_device  # noqa: F401  (outputs and sweep import it from here)
 from .errors import TrainingDiverged
 from .models import VGG16, build_model
 from .store import load_json, load_torch, save_json, save_torch, stage_dir

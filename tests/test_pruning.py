@@ -5,17 +5,13 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from cmi import planner as pruning_mod
-from cmi.activations import capture
-from cmi.config import load_config
+from cmi import planner as planner_mod
 from cmi.cutoffs import check_keep, choose, scree_candidates, scree_ratios, xmeans_candidates
-from cmi.data import load_dataset
 from cmi.models import LAYER_NAMES, VGG16, build_model, count_params, layer_widths
 from cmi.planner import plan as _plan
 from cmi.plans import Plan, PlanSettings
 from cmi.surgery import check_plan_for_model, load_pruned, mask_model, remove_channels, save_pruned
 from cmi.report import conv_linear_macs
-from cmi.train import fit
 
 from test_models import reference_params
 
@@ -102,19 +98,6 @@ def test_macs_closed_form():
 
 
 # ----------------------------------------------------------------------------- plans
-@pytest.fixture(scope="module")
-def trained():
-    cfg = load_config("smoke", {"dataset": "synthetic", "train_subset": 512, "test_subset": 128, "val_size": 128,
-                                "width": 0.0625, "epochs": 2, "batch_size": 64, "device": "cpu"})
-    ds = load_dataset(cfg)
-    torch.manual_seed(0)
-    model = build_model(num_classes=10, width=0.0625, head="linear")
-    fit(model, ds, cfg.train, seed=0, progress=False, eval_each_epoch=False)
-    model = model.cpu().eval()
-    acts = capture(model, ds, n=32, seed=0)
-    return model, acts, ds
-
-
 SETTINGS = PlanSettings(permutations=10)
 
 
@@ -167,7 +150,7 @@ def test_interrupted_plan_resumes_from_the_last_finished_layer(trained, tmp_path
               progress=False)
     straight = plan(model, acts, **kw)
     calls, interrupted = [], []
-    real = pruning_mod.rank_channels
+    real = planner_mod.rank_channels
 
     def flaky(*a, **k):
         calls.append(k.get("desc"))
@@ -176,7 +159,7 @@ def test_interrupted_plan_resumes_from_the_last_finished_layer(trained, tmp_path
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(pruning_mod, "rank_channels", flaky)
+    monkeypatch.setattr(planner_mod, "rank_channels", flaky)
     with pytest.raises(KeyboardInterrupt):
         plan(model, acts, cache_dir=tmp_path, **kw)
     saved = list((tmp_path / "plans").rglob("*.json"))
