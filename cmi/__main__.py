@@ -57,7 +57,7 @@ def _run(args) -> int:
         out = Outputs(cfg, "controls")
         tables = run_controls(cfg, progress=not args.no_progress, out=out)
         out.finish()
-        for row in tables["wide_recalibrated"]:
+        for row in tables["verdict"]:
             print(row)
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tables["timings_dict"].items()))
         print(f"tables and figure: {out.folder}/controls_*")

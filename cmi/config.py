@@ -143,12 +143,15 @@ class ControlsConfig:
 
     protocols: tuple[str, ...] = PROTOCOLS        #: protocols whose plans get controls
     criteria: tuple[str, ...] = ("cmi", "cmi-median", "l1", "hrank", "random")   #: names in cmi.criteria
+    modes: tuple[str, ...] = ("masked", "recalibrated", "finetuned")   #: evaluation modes (cmi.controls.MODES)
     seeds: int = 5                     #: seeds of each random criterion (mean ± sd)
+    test_images: int | None = None     #: a seeded draw of this many test images scores the controls (null: all)
     recal_images: int = 2000           #: training images that re-estimate BN statistics
     finetune_images: int = 10000       #: training images of the one fine-tuning epoch at prune.finetune_lr
     sensitivity_keep: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
     sensitivity_seeds: int = 3         #: seeds of the random criterion in the sensitivity curves
     sensitivity_test_images: int | None = 2000   #: test images per sensitivity point (null: all)
+    sensitivity_recal_images: int = 2000         #: training images that recalibrate BN per sensitivity point
     sigma_rules: tuple[str, ...] = ("paper", "median")   #: kernel-width rules of the saturation table
     saturation_tol: float = 1e-6       #: saturated: CMI_t <= this x I(Y; L), relative
 
@@ -158,14 +161,18 @@ class ControlsConfig:
                f"must be a non-empty list drawn from {PROTOCOLS}, got {list(self.protocols)!r}")
         _check(len(self.criteria) > 0 and all(c in CRITERIA for c in self.criteria), "controls.criteria",
                f"must be a non-empty list drawn from {tuple(CRITERIA)}, got {list(self.criteria)!r}")
+        modes = ("masked", "removed", "recalibrated", "finetuned")
+        _check(len(self.modes) > 0 and all(m in modes for m in self.modes), "controls.modes",
+               f"must be a non-empty list drawn from {modes}, got {list(self.modes)!r}")
         _check(all(r in SIGMA_RULES for r in self.sigma_rules), "controls.sigma_rules",
                f"must be drawn from {SIGMA_RULES}, got {list(self.sigma_rules)!r}")
-        for key in ("seeds", "sensitivity_seeds", "recal_images", "finetune_images"):
+        for key in ("seeds", "sensitivity_seeds", "recal_images", "finetune_images", "sensitivity_recal_images"):
             _check(getattr(self, key) >= 1, f"controls.{key}", f"must be >= 1, got {getattr(self, key)!r}")
         _check(len(self.sensitivity_keep) > 0 and all(0 < f < 1 for f in self.sensitivity_keep),
                "controls.sensitivity_keep", f"must be fractions in (0, 1), got {list(self.sensitivity_keep)!r}")
-        _check(self.sensitivity_test_images is None or self.sensitivity_test_images > 0,
-               "controls.sensitivity_test_images", f"must be positive or null, got {self.sensitivity_test_images!r}")
+        for key in ("test_images", "sensitivity_test_images"):
+            v = getattr(self, key)
+            _check(v is None or v > 0, f"controls.{key}", f"must be positive or null, got {v!r}")
         _check(0 <= self.saturation_tol < 1, "controls.saturation_tol", f"must be in [0, 1), got {self.saturation_tol!r}")
 
 

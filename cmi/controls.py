@@ -37,7 +37,7 @@ from .store import cache_key, load_json, save_json
 from .surgery import mask_model, recalibrate_bn, remove_channels
 from .train import evaluate, fit
 
-MODES = ("masked", "removed", "recalibrated", "finetuned")
+MODES = ("masked", "removed", "recalibrated", "finetuned")   #: what controls.modes may name
 
 
 @dataclass
@@ -68,14 +68,17 @@ def _draw(n_total: int, n: int | None, seed: int) -> torch.Tensor | None:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def evaluate_kept(study: Study, kept: dict[int, list[int]], modes=MODES, test_images: int | None = None) -> dict:
+def evaluate_kept(study: Study, kept: dict[int, list[int]], modes=MODES, test_images: int | None = None,
+                  recal_images: int | None = None) -> dict:
     """Test accuracy of the baseline pruned to ``kept`` ({layer: kept channels}) in each of ``modes``,
-    cached by content. ``test_images``: a seeded draw of that many test images (None: all)."""
+    cached by content. ``test_images``: a seeded draw of that many test images (None: all);
+    ``recal_images``: training images that recalibrate BN (default ``controls.recal_images``)."""
     cfg, ds, c = study.cfg, study.ds, study.cfg.controls
+    recal_images = recal_images or c.recal_images
     ft = {"images": c.finetune_images, "lr": cfg.prune.finetune_lr, "train": dataclasses.asdict(cfg.train),
           "augment": cfg.data.augment} if "finetuned" in modes else None
     key = {"model": study.acts.model, "kept": sorted([int(l), sorted(k)] for l, k in kept.items()),
-           "modes": list(modes), "test_images": test_images, "recal_images": c.recal_images, "finetune": ft,
+           "modes": list(modes), "test_images": test_images, "recal_images": recal_images, "finetune": ft,
            "seed": cfg.seed}
     path = study.folder / "controls" / "evals" / f"{cache_key(key)}.json"
     if path.is_file():
@@ -94,7 +97,7 @@ def evaluate_kept(study: Study, kept: dict[int, list[int]], modes=MODES, test_im
         removed = remove_channels(study.model, kept)
         if "removed" in modes:
             out["acc_removed"] = test(removed)
-        ridx = _draw(len(ds.train_y), c.recal_images, cfg.seed + 1)
+        ridx = _draw(len(ds.train_y), recal_images, cfg.seed + 1)
         recal_x = ds.train_x if ridx is None else ds.train_x[ridx]
         recalibrate_bn(removed, recal_x, ds.normalize, device=study.device)
         if "recalibrated" in modes:
@@ -146,7 +149,7 @@ def plan_controls(study: Study, progress: bool = True) -> list[dict]:
     for proto, p, crit, seed in tqdm(jobs, desc="controls", disable=not progress):
         counts = p.keep_counts()
         kept = criterion_kept(study, crit, counts, p, seed)
-        ev = evaluate_kept(study, kept)
+        ev = evaluate_kept(study, kept, modes=c.modes, test_images=c.test_images)
         assert ev["filters_kept"] == sum(counts), (p.name, crit)
         rows.append({"protocol": proto, "plan": p.name, "formulation": p.formulation, "cutoff": p.cutoff,
                      "direction": p.direction, "criterion": crit, "seed": seed, "filters_kept": sum(counts),
@@ -201,6 +204,37 @@ def wide_table(summary: list[dict], mode: str, criteria: tuple[str, ...]) -> lis
     return rows
 
 
+def verdict_table(summary: list[dict], criteria: tuple[str, ...]) -> list[dict]:
+    """Per protocol x mode, over all plans: each criterion's mean accuracy (%), CMI's mean rank, and on
+    how many plans CMI is more accurate than each other criterion (random: than its seed mean plus one
+    sd, so a win is beyond the seeds' spread)."""
+    rows = []
+    for proto in dict.fromkeys(r["protocol"] for r in summary):
+        part = [r for r in summary if r["protocol"] == proto]
+        plans = list(dict.fromkeys(r["plan"] for r in part))
+        by = {(r["plan"], r["criterion"]): r for r in part}
+        for m in MODES:
+            if all(r[f"{m}_mean"] is None for r in part):
+                continue
+            row = {"protocol": proto, "mode": m, "plans": len(plans)}
+            for crit in criteria:
+                vals = [by[p, crit][f"{m}_mean"] for p in plans if (p, crit) in by]
+                row[f"{crit} mean (%)"] = round(100 * statistics.fmean(vals), 2) if vals else None
+            ranks = [by[p, "cmi"][f"{m}_rank"] for p in plans if (p, "cmi") in by]
+            row["cmi mean rank"] = round(statistics.fmean(ranks), 2) if ranks else None
+            for crit in criteria:
+                if crit == "cmi":
+                    continue
+                wins = 0
+                for p in plans:
+                    a, b = by.get((p, "cmi")), by.get((p, crit))
+                    if a and b and a[f"{m}_mean"] is not None:
+                        wins += a[f"{m}_mean"] > b[f"{m}_mean"] + (b[f"{m}_sd"] or 0.0)
+                row[f"cmi > {crit} (plans)"] = wins
+            rows.append(row)
+    return rows
+
+
 def kept_counts_table(study: Study, progress: bool = True) -> list[dict]:
     """Per protocol x plan: kept filters per layer, how they were chosen, and the fallbacks taken."""
     rows = []
@@ -225,7 +259,8 @@ def sensitivity(study: Study, progress: bool = True) -> list[dict]:
         width = study.acts.widths[layer]
         keep = max(1, round(frac * width))
         kept = {layer: get_criterion(crit).select(study.ctx, layer, keep, None, seed)}
-        ev = evaluate_kept(study, kept, modes=("masked", "recalibrated"), test_images=c.sensitivity_test_images)
+        ev = evaluate_kept(study, kept, modes=("masked", "recalibrated"), test_images=c.sensitivity_test_images,
+                           recal_images=c.sensitivity_recal_images)
         rows.append({"layer": layer, "name": LAYER_NAMES[layer], "keep_fraction": frac, "kept": keep,
                      "channels": width, "criterion": crit, "seed": seed, "acc_masked": ev["acc_masked"],
                      "acc_recalibrated": ev["acc_recalibrated"], "seconds": ev["seconds"]})
@@ -280,7 +315,8 @@ def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
     summary = summarize(raw)
     crits = tuple(cfg.controls.criteria)
     tables = {"saturation": sat, "kept": kept, "raw": raw, "summary": summary, "sensitivity": sens,
-              **{f"wide_{m}": wide_table(summary, m, crits) for m in MODES}}
+              "verdict": verdict_table(summary, crits),
+              **{f"wide_{m}": wide_table(summary, m, crits) for m in cfg.controls.modes}}
     computed = {"controls evaluations (sum when computed)": sum(r["seconds"] for r in raw),
                 "sensitivity evaluations (sum when computed)": sum(r["seconds"] for r in sens)}
     tables["timings"] = [{"part": k, "seconds this run": v} for k, v in timings.items()] + [
@@ -296,11 +332,15 @@ def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
         out.table(raw, "controls_raw", "Every pruned network of the controls: test accuracy per mode, per seed")
         out.table(summary, "controls", "Controls at equal per-layer counts: test accuracy per mode (mean, sd "
                   "over seeds) and each criterion's rank (1 = most accurate) among the criteria", floatfmt=".4g")
-        for m in MODES:
+        for m in cfg.controls.modes:
             out.table(tables[f"wide_{m}"], f"controls_{m}",
                       f"Test accuracy (%) {MODE_TITLES[m]}, each criterion at the plan's per-layer counts "
                       f"(random: mean ± sd over {cfg.controls.seeds} seeds); baseline {100 * base:.2f}%. "
                       "Rows of the authors protocol were chosen on test data.")
+        out.table(tables["verdict"], "controls_verdict", "Controls over all plans: mean test accuracy (%) per "
+                  "criterion at the plans' counts, CMI's mean rank among the criteria (1 = best), and the number "
+                  "of plans on which CMI beats each other criterion (random: its mean + 1 sd over seeds)",
+                  floatfmt=".2f")
         out.table(sens, "controls_sensitivity", "Layer sensitivity: each layer pruned alone (test accuracy on "
                   f"{cfg.controls.sensitivity_test_images or 'all'} test images)")
         out.figure(sensitivity_curves(sens, base), "controls_sensitivity")

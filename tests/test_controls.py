@@ -207,7 +207,8 @@ def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
     assert {r["protocol"] for r in rows} == {"paper", "authors"}
     assert len(rows) == 2 * (4 + 2)                 # 2 protocols x (cmi, cmi-median, l1, hrank + 2 random seeds)
     for r in rows:
-        assert all(0 <= r[f"acc_{m}"] <= 1 for m in ("masked", "removed", "recalibrated", "finetuned"))
+        assert all(0 <= r[f"acc_{m}"] <= 1 for m in ("masked", "recalibrated", "finetuned"))
+        assert r["acc_removed"] is None                 # not among the smoke profile's controls.modes
     from cmi.controls import protocol_plans
     p = protocol_plans(study, "paper", progress=False)[0]
     for crit in ("cmi", "l1", "hrank", "random", "cmi-median"):
