@@ -2,6 +2,7 @@
 # make reproduce   run the numbered notebooks with papermill: PROFILE=paper|quick|smoke, DATASET=cifar10|fashion-mnist,
 #                  SET="train.epochs=3 cmi.n_samples=64" for any other config field
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
+# make controls    the controls study (both protocols, criteria at equal counts, sensitivity, saturation): PROFILE, DATASET, SET
 # make lab         JupyterLab on notebooks/
 # make strip       strip committed notebooks of outputs (except NBVAL_CHECK_OUTPUT cells) and volatile metadata
 # make env         only create the environment
@@ -23,7 +24,7 @@ BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
 PAPERMILL := TQDM_MININTERVAL=30 $(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING -p profile $(PROFILE) \
 	$(if $(DATASET),-p dataset $(DATASET)) $(if $(SET),-p overrides "$(SET)")
 
-.PHONY: env test reproduce smoke lab strip readme clean distclean
+.PHONY: env test reproduce controls smoke lab strip readme clean distclean
 
 env: $(VENV)/.installed
 
@@ -46,6 +47,9 @@ reproduce: env
 		echo "$$(basename $$nb): $$(( $$(date +%s) - t0 )) s"; \
 	done; echo "make reproduce PROFILE=$(PROFILE) $(DATASET): $$(( $$(date +%s) - start )) s;" \
 		"executed notebooks in $(BUILD)/, figures and tables in figures/"
+
+controls: env
+	$(PY) -m cmi controls --profile $(PROFILE) $(OVERRIDES)
 
 smoke:
 	$(MAKE) reproduce PROFILE=smoke

@@ -52,9 +52,10 @@ def _run(args) -> int:
         from .bench import estimate_run, format_estimate
         print(format_estimate(cfg, estimate_run(cfg)))
     elif args.command == "controls":
+        from .config import _parse_overrides
         from .controls import run_controls
-        from .outputs import Outputs
-        out = Outputs(cfg, "controls")
+        from .outputs import Outputs, run_folder
+        out = Outputs(cfg, "controls", run_folder(cfg, _parse_overrides(args.overrides)))
         tables = run_controls(cfg, progress=not args.no_progress, out=out)
         out.finish()
         for row in tables["verdict"]:

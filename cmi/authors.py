@@ -65,5 +65,7 @@ COMPACT_SCORES_PREVIOUS_ONLY = True
 FULL_BIDIRECTIONAL_ONE_CHAIN = True
 
 #: ``utils/accuracy.py`` ``calc_accuracy`` prints each candidate's accuracy on the training set and on
-#: the test set (drop_last), and the cut is chosen by hand from that printout: on test data.
+#: the test set (drop_last), and the cut is chosen by hand from that printout: on test data. The
+#: planner scores on ``prune.select_images`` test images (a seeded draw; all of them when null) and
+#: applies the same choice rule as the paper protocol (cmi.cutoffs.choose_within_drop) to the scores.
 CHOOSE_ON = "test"

@@ -110,7 +110,7 @@ class PruneConfig:
     cutoffs: tuple[str, ...] = CUTOFFS
     directions: tuple[str, ...] = DIRECTIONS
     scree_candidates: int = 3          #: scree cuts evaluated per layer
-    select_images: int | None = None   #: held-out (val) images that score candidate cuts; None = all
+    select_images: int | None = None   #: images that score candidate cuts (held-out; authors: test); None = all
     tolerance: float = 0.0             #: keep the fewest channels within this accuracy of the best candidate
     protocol: str = "paper"            #: paper (the text) | authors (their code paths, METHOD.md §9)
     max_drop: float | None = None      #: a candidate may lose at most this accuracy vs the chain so far; null = off

@@ -131,6 +131,14 @@ def fill_includes(text: str, root: Path) -> str:
     return INCLUDE.sub(body, text)
 
 
+def run_folder(cfg: Config, overrides: dict | None = None) -> Path:
+    """``figures/<profile>-<dataset>/``, with a suffix naming a hash of any further ``overrides``
+    ({field: value} beyond the dataset), so runs with other settings never overwrite each other."""
+    folder = figures_dir(cfg)
+    extra = {k: v for k, v in (overrides or {}).items() if k not in ("dataset", "data.name")}
+    return folder.with_name(folder.name + "-" + cache_key(extra, 8)) if extra else folder
+
+
 def print_json(obj) -> None:
     """Deterministic printing for cells whose output nbval compares."""
     print(json.dumps(obj, indent=1, sort_keys=True))
@@ -155,10 +163,7 @@ def start_notebook(profile: str, dataset: str | None = None, overrides: dict | s
     if dataset:
         over["dataset"] = dataset
     cfg = load_config(profile, over)
-    folder = figures_dir(cfg)
-    extra = {k: v for k, v in (overrides or {}).items()}
-    if extra:
-        folder = folder.with_name(folder.name + "-" + cache_key(extra, 8))
+    folder = run_folder(cfg, overrides)
     sns.set_theme(context="notebook", style="whitegrid")
     matplotlib.rcParams["figure.dpi"] = 80
     out = Outputs(cfg, notebook, folder)

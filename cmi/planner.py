@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from .activations import Activations, check_vgg
@@ -72,10 +73,13 @@ class _Planner:
         self.device, self.cache_dir, self.progress, self.on_decision = device, cache_dir, progress, on_decision
         self.lock = threading.Lock()
         if ds is not None:
-            if self.protocol.choose_on == "test":
-                self.eval_x, self.eval_y, self.eval_name = ds.test_x, ds.test_y, "test"
+            n_sel = settings.select_images
+            if self.protocol.choose_on == "test":     # the authors' choice; select_images of them, seeded
+                idx = (torch.randperm(len(ds.test_y), generator=torch.Generator().manual_seed(settings.seed))[:n_sel]
+                       if n_sel and n_sel < len(ds.test_y) else torch.arange(len(ds.test_y)))
+                self.eval_x, self.eval_y = ds.test_x[idx], ds.test_y[idx]
+                self.eval_name = f"test[seed {settings.seed}, {len(idx)}]"
             else:
-                n_sel = settings.select_images
                 self.eval_x = ds.val_x[:n_sel] if n_sel else ds.val_x
                 self.eval_y = ds.val_y[:n_sel] if n_sel else ds.val_y
                 self.eval_name = f"val[:{len(self.eval_y)}]"
@@ -175,7 +179,8 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
         cutoff: ``scree``, ``xmeans`` or ``ptest``.
         direction: ``forward`` or ``bidirectional``.
         ds: the dataset whose held-out (val) split, or test split under the ``authors`` protocol,
-            scores candidate cuts (scree, X-Means).
+            scores candidate cuts (scree, X-Means); ``settings.select_images`` of them (the test
+            images a seeded draw).
         settings: estimator, cutoff and choice settings, ``protocol`` among them.
         cache_dir: folder for rankings (``rankings/``) and candidate scores (``scores/``), shared by
             plans and keyed by content, and for this plan's progress (``plans/<settings hash>/<name>.json``):
