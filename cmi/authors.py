@@ -69,3 +69,10 @@ FULL_BIDIRECTIONAL_ONE_CHAIN = True
 #: planner scores on ``prune.select_images`` test images (a seeded draw; all of them when null) and
 #: applies the same choice rule as the paper protocol (cmi.cutoffs.choose_within_drop) to the scores.
 CHOOSE_ON = "test"
+
+#: The plans the authors' code defines: one script each in ``scripts/`` and ``results/``
+#: (``prune_<direction>_<formulation>_<cutoff>.sh``). The other nine combinations have no script.
+PLANS = (("per-layer", "scree", "bidirectional"), ("per-layer", "xmeans", "bidirectional"),
+         ("per-layer", "ptest", "bidirectional"), ("compact", "scree", "bidirectional"),
+         ("compact", "xmeans", "bidirectional"), ("compact", "ptest", "bidirectional"),
+         ("full", "scree", "bidirectional"), ("compact", "scree", "forward"), ("full", "scree", "forward"))

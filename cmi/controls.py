@@ -33,6 +33,7 @@ from .criteria import Context, get_criterion
 from .models import LAYER_NAMES
 from .planner import cached_ranking, plan
 from .plans import Plan, PlanSettings
+from .protocols import get_protocol
 from .store import cache_key, load_json, save_json
 from .surgery import mask_model, recalibrate_bn, remove_channels
 from .train import evaluate, fit
@@ -126,17 +127,20 @@ def criterion_kept(study: Study, criterion: str, counts: list[int], plan_: Plan 
 
 
 def protocol_plans(study: Study, protocol: str, progress: bool = True) -> list[Plan]:
-    """Every plan of ``cfg.prune`` under ``protocol`` (computed, resumed or loaded from the cache)."""
+    """Every plan of ``cfg.prune`` that ``protocol`` defines (the authors' code defines nine),
+    computed, resumed or loaded from the cache; the permutation-test plans are computed last (the
+    slowest), the list is returned in the canonical order."""
     cfg = study.cfg.replace({"prune.protocol": protocol})
     settings = PlanSettings.from_config(cfg)
     p = cfg.prune
-    out = []
-    for formulation, cutoff, direction in itertools.product(p.formulations, p.cutoffs, p.directions):
-        made, _ = plan(study.model, study.acts, formulation=formulation, cutoff=cutoff, direction=direction,
-                       ds=study.ds, settings=settings, device=study.device, cache_dir=study.folder,
-                       progress=progress, parallel=p.parallel)
-        out.append(made)
-    return out
+    defined = get_protocol(protocol).plans
+    specs = [s for s in itertools.product(p.formulations, p.cutoffs, p.directions) if defined is None or s in defined]
+    made = {}
+    for formulation, cutoff, direction in sorted(specs, key=lambda s: s[1] == "ptest"):
+        made[formulation, cutoff, direction], _ = plan(
+            study.model, study.acts, formulation=formulation, cutoff=cutoff, direction=direction, ds=study.ds,
+            settings=settings, device=study.device, cache_dir=study.folder, progress=progress, parallel=p.parallel)
+    return [made[s] for s in specs]
 
 
 def plan_controls(study: Study, progress: bool = True) -> list[dict]:

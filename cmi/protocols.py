@@ -29,6 +29,7 @@ class Protocol:
     compact_scores_previous_only: bool                   #: compact candidates scored with one layer pruned
     full_bidirectional_one_chain: bool                   #: full CMI's backward half conditions on the forward one
     label: str                                           #: how tables name what it produced
+    plans: tuple | None = None                           #: (formulation, cutoff, direction) it defines; None: all
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -48,7 +49,7 @@ PROTOCOLS: dict[str, Protocol] = {
         kept=authors.shift_kept, choose_on=authors.CHOOSE_ON, permute_condition=authors.PERMUTE_CONDITION,
         compact_scores_previous_only=authors.COMPACT_SCORES_PREVIOUS_ONLY,
         full_bidirectional_one_chain=authors.FULL_BIDIRECTIONAL_ONE_CHAIN,
-        label="authors' code paths, chosen on test data"),
+        label="authors' code paths, chosen on test data", plans=authors.PLANS),
 }
 
 
