@@ -211,6 +211,11 @@ def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
         assert r["acc_removed"] is None                 # not among the smoke profile's controls.modes
     from cmi.controls import protocol_plans
     p = protocol_plans(study, "paper", progress=False)[0]
+    # the authors' code defines nine plans (one script each); compact-scree-forward is one of them
+    assert [(q.formulation, q.cutoff, q.direction) for q in protocol_plans(study, "authors", progress=False)] == [
+        ("compact", "scree", "forward")] and ("compact", "scree", "forward") in authors.PLANS and len(authors.PLANS) == 9
+    none = prepare_study(cfg.replace({"prune.formulations": ["full"], "prune.cutoffs": ["ptest"]}), progress=False)
+    assert protocol_plans(none, "authors", progress=False) == []    # full-ptest-forward: no script of theirs
     for crit in ("cmi", "l1", "hrank", "random", "cmi-median"):
         kept = criterion_kept(study, crit, p.keep_counts(), p)
         assert [len(kept.get(l, range(w))) for l, w in enumerate(p.widths)] == p.keep_counts()
