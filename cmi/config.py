@@ -113,7 +113,8 @@ class PruneConfig:
     select_images: int | None = None   #: images that score candidate cuts (held-out; authors: test); None = all
     tolerance: float = 0.0             #: keep the fewest channels within this accuracy of the best candidate
     protocol: str = "paper"            #: paper (the text) | authors (their code paths, METHOD.md §9)
-    max_drop: float | None = None      #: a candidate may lose at most this accuracy vs the chain so far; null = off
+    max_drop: float | None = None      #: a candidate may lose at most this accuracy vs the reference; null = off
+    reference: str = "network"         #: max_drop from the unpruned "network" or the "chain" so far
     fallback: str = "largest"          #: no candidate within max_drop: "largest" candidate or "unpruned"
     parallel: bool = True              #: run the two bi-directional halves concurrently
     finetune_epochs: int = 0           #: 0 = no fine-tuning
@@ -131,6 +132,8 @@ class PruneConfig:
         _check(self.protocol in PROTOCOLS, "prune.protocol", f"must be one of {PROTOCOLS}, got {self.protocol!r}")
         _check(self.max_drop is None or 0 <= self.max_drop < 1, "prune.max_drop",
                f"must be in [0, 1) or null, got {self.max_drop!r}")
+        _check(self.reference in ("network", "chain"), "prune.reference",
+               f"must be 'network' or 'chain', got {self.reference!r}")
         _check(self.fallback in FALLBACKS, "prune.fallback", f"must be one of {FALLBACKS}, got {self.fallback!r}")
         _check(self.finetune_epochs >= 0, "prune.finetune_epochs", f"must be >= 0, got {self.finetune_epochs!r}")
         _check(self.finetune_lr > 0, "prune.finetune_lr", f"must be > 0, got {self.finetune_lr!r}")

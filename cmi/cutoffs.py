@@ -99,11 +99,15 @@ def choose_within_drop(candidates: Sequence[int], scores: Sequence[float], refer
     """Pick a keep count when some candidates may cost too much. Returns ``(keep, fell_back)``.
 
     Without ``max_drop`` this is :func:`choose`. With it, only candidates whose accuracy is at least
-    ``reference - max_drop`` (``reference``: the same chain with this layer unpruned) are eligible and
+    ``reference - max_drop`` (``reference``: the unpruned network's accuracy, or the chain's so far)
+    are eligible and
     :func:`choose` picks among them; when none is, ``fallback`` decides: ``"largest"`` keeps the
     largest candidate (the least destructive cut the cutoff offers), ``"unpruned"`` keeps all
     ``channels``. Without this rule, a chain whose candidates all score at chance takes the fewest
     channels at every later layer (every candidate ties at chance), which says nothing about the ranking.
+    Measured from the chain so far the same happens once the chain is at chance (the reference is at
+    chance too), so the profiles measure it from the unpruned network: a destroyed chain then keeps
+    the largest candidate at every later layer.
     """
     if max_drop is None:
         return choose(candidates, scores, tolerance), False

@@ -130,8 +130,8 @@ class _Planner:
             if self.ds is None:
                 raise ValueError(f"the {self.cutoff} cutoff needs a dataset (held-out split) to score candidate cuts")
             scores = [self.score({**applied, layer: options[k]}) for k in candidates]
-            if s.max_drop is not None:
-                reference = self.score(applied)
+            if s.max_drop is not None:   # from the unpruned network, or from the chain so far
+                reference = self.score({} if s.reference == "network" else applied)
             keep, fell_back = choose_within_drop(candidates, scores, reference, s.max_drop, s.tolerance,
                                                  s.fallback, c)
         else:

@@ -23,7 +23,8 @@ class PlanSettings:
     tolerance: float = 0.0
     seed: int = 0
     protocol: str = "paper"          #: paper | authors (METHOD.md §9), see :mod:`cmi.protocols`
-    max_drop: float | None = None    #: a candidate may cost at most this accuracy (fraction) vs the chain so far
+    max_drop: float | None = None    #: a candidate may cost at most this accuracy (fraction) vs the reference
+    reference: str = "network"       #: max_drop is measured from the unpruned "network" or the "chain" so far
     fallback: str = "largest"        #: no candidate within max_drop: keep the largest candidate, or "unpruned"
 
     @classmethod
@@ -31,7 +32,8 @@ class PlanSettings:
         p = cfg.prune
         return cls(alpha=cfg.cmi.alpha, sigma=cfg.cmi.sigma, permutations=cfg.cmi.permutations, eta=cfg.cmi.eta,
                    scree_candidates=p.scree_candidates, select_images=p.select_images, tolerance=p.tolerance,
-                   seed=cfg.seed, protocol=p.protocol, max_drop=p.max_drop, fallback=p.fallback)
+                   seed=cfg.seed, protocol=p.protocol, max_drop=p.max_drop, reference=p.reference,
+                   fallback=p.fallback)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class LayerDecision:
     ranking: dict                    #: Ranking.to_dict()
     seconds: dict = field(default_factory=dict)   #: wall time spent here: ranking, cutoff
     selected: list[int] | None = None  #: the ranking prefix chosen (conditions later layers); None = kept
-    reference: float | None = None   #: accuracy of the chain with this layer unpruned (when max_drop is set)
+    reference: float | None = None   #: the accuracy max_drop is measured from (when max_drop is set)
     fallback: bool = False           #: no candidate was within max_drop; the fallback rule decided
     chosen_on: str = "held-out"      #: the images the candidates were scored on: held-out | test
 

@@ -186,12 +186,21 @@ def test_paper_protocol_falls_back_instead_of_chasing_chance(trained):
     strict = PlanSettings(permutations=10, max_drop=0.0, fallback="unpruned")
     p, _ = plan(model, acts, formulation="per-layer", cutoff="scree", direction="forward", ds=ds, settings=strict,
                 device="cpu", progress=False)
+    full_acc = evaluate(model, ds.val_x, ds.val_y, ds)["accuracy"]
     for d in p.decisions:
         if d.scores:
-            assert d.reference is not None
+            assert d.reference == full_acc          # reference "network": the unpruned network, every layer
             ok = [k for k, s in zip(d.candidates, d.scores) if s >= d.reference]
             assert d.fallback == (not ok)
             assert d.keep == (d.channels if not ok else d.keep) and (not ok or d.keep in ok)
+    chain = dataclasses.replace(strict, reference="chain", fallback="largest", max_drop=0.01)
+    q, _ = plan(model, acts, formulation="per-layer", cutoff="scree", direction="forward", ds=ds, settings=chain,
+                device="cpu", progress=False)
+    refs = [d.reference for d in q.decisions if d.scores]
+    assert refs[0] == full_acc and len(set(refs)) > 1     # "chain": each layer's own reference
+    for d in q.decisions:
+        if d.fallback:
+            assert d.keep == max(d.candidates)
 
 
 def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
