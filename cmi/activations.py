@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .data import Dataset
+from .data import Dataset, seeded_indices
 from .models import LAYER_NAMES, VGG16
 from .store import load_torch, save_torch
 
@@ -79,7 +79,7 @@ def capture(model: VGG16, ds: Dataset, n: int = 256, seed: int = 0, device="cpu"
     check_vgg(model)
     if not 2 <= n <= len(ds.train_y):
         raise ValueError(f"cannot draw n={n} images from {len(ds.train_y)} training images")
-    idx = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    idx = seeded_indices(len(ds.train_y), n, seed)
     x = ds.normalize(ds.train_x[idx])
     store: list[torch.Tensor] = []
     hooks = [r.register_forward_hook(lambda m, i, o: store.append(o.detach().float().cpu().clone()))

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .cutoffs import FALLBACKS
 from .entropy import SIGMA_RULES
 from .errors import ConfigError
 from .paths import configs_dir
@@ -30,7 +31,7 @@ DIRECTIONS = ("forward", "bidirectional")
 HEADS = ("mlp", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 PROTOCOLS = ("paper", "authors")
-FALLBACKS = ("largest", "unpruned")
+MODES = ("masked", "removed", "recalibrated", "finetuned")   #: how the controls evaluate a pruned network
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class ControlsConfig:
 
     protocols: tuple[str, ...] = PROTOCOLS        #: protocols whose plans get controls
     criteria: tuple[str, ...] = ("cmi", "cmi-median", "l1", "hrank", "random")   #: names in cmi.criteria
-    modes: tuple[str, ...] = ("masked", "recalibrated", "finetuned")   #: evaluation modes (cmi.controls.MODES)
+    modes: tuple[str, ...] = ("masked", "recalibrated", "finetuned")   #: drawn from MODES
     seeds: int = 5                     #: seeds of each random criterion (mean ± sd)
     test_images: int | None = None     #: a seeded draw of this many test images scores the controls (null: all)
     recal_images: int = 2000           #: training images that re-estimate BN statistics
@@ -164,9 +165,8 @@ class ControlsConfig:
                f"must be a non-empty list drawn from {PROTOCOLS}, got {list(self.protocols)!r}")
         _check(len(self.criteria) > 0 and all(c in CRITERIA for c in self.criteria), "controls.criteria",
                f"must be a non-empty list drawn from {tuple(CRITERIA)}, got {list(self.criteria)!r}")
-        modes = ("masked", "removed", "recalibrated", "finetuned")
-        _check(len(self.modes) > 0 and all(m in modes for m in self.modes), "controls.modes",
-               f"must be a non-empty list drawn from {modes}, got {list(self.modes)!r}")
+        _check(len(self.modes) > 0 and all(m in MODES for m in self.modes), "controls.modes",
+               f"must be a non-empty list drawn from {MODES}, got {list(self.modes)!r}")
         _check(all(r in SIGMA_RULES for r in self.sigma_rules), "controls.sigma_rules",
                f"must be drawn from {SIGMA_RULES}, got {list(self.sigma_rules)!r}")
         for key in ("seeds", "sensitivity_seeds", "recal_images", "finetune_images", "sensitivity_recal_images"):

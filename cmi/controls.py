@@ -19,6 +19,7 @@ same budget for every criterion).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import statistics
 import time
@@ -28,8 +29,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .config import Config
+from .config import MODES, Config
 from .criteria import Context, get_criterion
+from .data import seeded_indices
 from .models import LAYER_NAMES
 from .planner import cached_ranking, plan
 from .plans import Plan, PlanSettings
@@ -38,7 +40,6 @@ from .store import cache_key, load_json, save_json
 from .surgery import mask_model, recalibrate_bn, remove_channels
 from .train import evaluate, fit
 
-MODES = ("masked", "removed", "recalibrated", "finetuned")   #: what controls.modes may name
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Study:
     device: torch.device
     baseline: dict
 
-    @property
+    @functools.cached_property
     def ctx(self) -> Context:
         return Context(self.model, self.acts, alpha=self.cfg.cmi.alpha, seed=self.cfg.seed,
                        cache_dir=self.folder, device=self.device)
@@ -61,12 +62,6 @@ def prepare_study(cfg: Config, progress: bool = True) -> Study:
     from .sweep import prepare
     base, ds, folder, acts, device = prepare(cfg, progress)
     return Study(cfg, base.model.cpu().eval(), ds, folder, acts, device, base.metrics)
-
-
-def _draw(n_total: int, n: int | None, seed: int) -> torch.Tensor | None:
-    if n is None or n >= n_total:
-        return None
-    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
 def evaluate_kept(study: Study, kept: dict[int, list[int]], modes=MODES, test_images: int | None = None,
@@ -85,8 +80,8 @@ def evaluate_kept(study: Study, kept: dict[int, list[int]], modes=MODES, test_im
     if path.is_file():
         return load_json(path)
     t0 = time.perf_counter()
-    idx = _draw(len(ds.test_y), test_images, cfg.seed)
-    tx, ty = (ds.test_x, ds.test_y) if idx is None else (ds.test_x[idx], ds.test_y[idx])
+    idx = seeded_indices(len(ds.test_y), test_images, cfg.seed)
+    tx, ty = ds.test_x[idx], ds.test_y[idx]
 
     def test(m):
         return evaluate(m, tx, ty, ds, device=study.device)["accuracy"]
@@ -98,14 +93,13 @@ def evaluate_kept(study: Study, kept: dict[int, list[int]], modes=MODES, test_im
         removed = remove_channels(study.model, kept)
         if "removed" in modes:
             out["acc_removed"] = test(removed)
-        ridx = _draw(len(ds.train_y), recal_images, cfg.seed + 1)
-        recal_x = ds.train_x if ridx is None else ds.train_x[ridx]
+        recal_x = ds.train_x[seeded_indices(len(ds.train_y), recal_images, cfg.seed + 1)]
         recalibrate_bn(removed, recal_x, ds.normalize, device=study.device)
         if "recalibrated" in modes:
             out["acc_recalibrated"] = test(removed)
         if "finetuned" in modes:
-            fidx = _draw(len(ds.train_y), c.finetune_images, cfg.seed + 2)
-            sub = ds if fidx is None else dataclasses.replace(ds, train_x=ds.train_x[fidx], train_y=ds.train_y[fidx])
+            fidx = seeded_indices(len(ds.train_y), c.finetune_images, cfg.seed + 2)
+            sub = dataclasses.replace(ds, train_x=ds.train_x[fidx], train_y=ds.train_y[fidx])
             tcfg = dataclasses.replace(cfg.train, epochs=1, lr=cfg.prune.finetune_lr, warmup_epochs=0.0)
             fit(removed, sub, tcfg, seed=cfg.seed, device=study.device, augment_images=cfg.data.augment,
                 progress=False, eval_each_epoch=False)
@@ -143,10 +137,16 @@ def protocol_plans(study: Study, protocol: str, progress: bool = True) -> list[P
     return [made[s] for s in specs]
 
 
-def plan_controls(study: Study, progress: bool = True) -> list[dict]:
-    """One row per protocol x plan x criterion x seed: filters kept and accuracy in every mode."""
+def study_plans(study: Study, progress: bool = True) -> list[tuple[str, Plan]]:
+    """(protocol, plan) for every plan of every protocol in ``controls.protocols``."""
+    return [(proto, p) for proto in study.cfg.controls.protocols for p in protocol_plans(study, proto, progress)]
+
+
+def plan_controls(study: Study, progress: bool = True, plans: list[tuple[str, Plan]] | None = None) -> list[dict]:
+    """One row per protocol x plan x criterion x seed: filters kept and accuracy in every mode.
+    ``plans``: :func:`study_plans` when already loaded."""
     c = study.cfg.controls
-    plans = [(proto, p) for proto in c.protocols for p in protocol_plans(study, proto, progress)]
+    plans = study_plans(study, progress) if plans is None else plans
     jobs = [(proto, p, crit, seed) for proto, p in plans for crit in c.criteria
             for seed in (range(c.seeds) if get_criterion(crit).seeded else [0])]
     rows = []
@@ -162,7 +162,7 @@ def plan_controls(study: Study, progress: bool = True) -> list[dict]:
     return rows
 
 
-def summarize(rows: list[dict], criteria=None) -> list[dict]:
+def summarize(rows: list[dict]) -> list[dict]:
     """Mean and sd over seeds per protocol x plan x criterion, and CMI's rank (1 = most accurate)
     among the criteria in each mode; ties share the better rank."""
     groups: dict[tuple, list[dict]] = {}
@@ -239,17 +239,13 @@ def verdict_table(summary: list[dict], criteria: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def kept_counts_table(study: Study, progress: bool = True) -> list[dict]:
-    """Per protocol x plan: kept filters per layer, how they were chosen, and the fallbacks taken."""
-    rows = []
-    for proto in study.cfg.controls.protocols:
-        for p in protocol_plans(study, proto, progress):
-            by = p.by_layer()
-            rows.append({"protocol": proto, "plan": p.name, **dict(zip(LAYER_NAMES, p.keep_counts())),
-                         "filters kept": p.filters_kept, "pruned (%)": round(100 * p.efficiency, 1),
-                         "chosen on": ", ".join(sorted({d.chosen_on for d in p.decisions if d.chosen_on})) or "-",
-                         "fallbacks": sum(d.fallback for d in by.values())})
-    return rows
+def kept_counts_table(plans: list[tuple[str, Plan]]) -> list[dict]:
+    """Per protocol x plan (:func:`study_plans`): kept filters per layer, how they were chosen, and the
+    fallbacks taken."""
+    return [{"protocol": proto, "plan": p.name, **dict(zip(LAYER_NAMES, p.keep_counts())),
+             "filters kept": p.filters_kept, "pruned (%)": round(100 * p.efficiency, 1),
+             "chosen on": ", ".join(sorted({d.chosen_on for d in p.decisions if d.chosen_on})) or "-",
+             "fallbacks": sum(d.fallback for d in p.decisions)} for proto, p in plans]
 
 
 def sensitivity(study: Study, progress: bool = True) -> list[dict]:
@@ -306,16 +302,18 @@ def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
 
     study = prepare_study(cfg, progress)
     timings = {}
-    parts = (("saturation (per-layer rankings, every σ rule)", saturation),
-             ("plans (both protocols; cached rankings shared)", kept_counts_table),
-             ("controls at equal counts (every mode)", plan_controls),
-             ("sensitivity curves", sensitivity))
-    results = []
-    for label, part in parts:
+
+    def timed(label, work):
         t0 = time.perf_counter()
-        results.append(part(study, progress))
+        result = work()
         timings[label] = time.perf_counter() - t0
-    sat, kept, raw, sens = results
+        return result
+
+    sat = timed("saturation (per-layer rankings, every σ rule)", lambda: saturation(study, progress))
+    plans = timed("plans (both protocols; cached rankings shared)", lambda: study_plans(study, progress))
+    raw = timed("controls at equal counts (every mode)", lambda: plan_controls(study, progress, plans))
+    sens = timed("sensitivity curves", lambda: sensitivity(study, progress))
+    kept = kept_counts_table(plans)
     summary = summarize(raw)
     crits = tuple(cfg.controls.criteria)
     tables = {"saturation": sat, "kept": kept, "raw": raw, "summary": summary, "sensitivity": sens,

@@ -15,7 +15,7 @@ out, most important first (:meth:`Criterion.order`). ``select(ctx, layer, keep)`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,6 +36,14 @@ class Context:
     seed: int = 0
     cache_dir: Path | None = None
     device: object = None
+    orders: dict = field(default_factory=dict, repr=False)   #: (criterion, layer, seed) -> order, memo
+
+    def order(self, criterion: "Criterion", layer: int, seed: int = 0) -> list[int]:
+        """``criterion.order`` computed once per layer and seed for this context."""
+        key = (criterion.name, layer, seed if criterion.seeded else 0)
+        if key not in self.orders:
+            self.orders[key] = criterion.order(self, layer, seed)
+        return self.orders[key]
 
 
 class Criterion:
@@ -48,7 +56,7 @@ class Criterion:
 
     def select(self, ctx: Context, layer: int, keep: int, decision=None, seed: int = 0) -> list[int]:
         """The ``keep`` channels to keep; ``decision`` is a plan's :class:`LayerDecision` for the layer."""
-        return sorted(self.order(ctx, layer, seed)[:keep])
+        return sorted(ctx.order(self, layer, seed)[:keep])
 
 
 CRITERIA: dict[str, Criterion] = {}

@@ -73,6 +73,13 @@ class Dataset:
                 "image": list(self.train_x.shape[1:]), "mean": self.mean, "std": self.std}
 
 
+def seeded_indices(total: int, n: int | None, seed: int) -> torch.Tensor:
+    """``n`` of ``range(total)`` drawn with ``seed``, ascending (all of them when ``n`` is None or
+    at least ``total``): the one way the package draws images for activations, scores and controls."""
+    perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return (perm if n is None else perm[:n]).sort().values
+
+
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 ``(B, C, H, W)`` with C in {1, 3} -> float32 ``(B, 3, H, W)``: ``(x/255 - mean) / std``."""
     x = x.float().div_(255)

@@ -22,13 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from .activations import Activations, check_vgg
 from .config import CUTOFFS, DIRECTIONS, FORMULATIONS
 from .cutoffs import check_keep, choose_within_drop
-from .data import Dataset
+from .data import Dataset, seeded_indices
 from .device import resolve_device
 from .models import LAYER_NAMES, VGG16
 from .plans import LayerDecision, Plan, PlanSettings
@@ -75,8 +74,7 @@ class _Planner:
         if ds is not None:
             n_sel = settings.select_images
             if self.protocol.choose_on == "test":     # the authors' choice; select_images of them, seeded
-                idx = (torch.randperm(len(ds.test_y), generator=torch.Generator().manual_seed(settings.seed))[:n_sel]
-                       if n_sel and n_sel < len(ds.test_y) else torch.arange(len(ds.test_y)))
+                idx = seeded_indices(len(ds.test_y), n_sel, settings.seed)
                 self.eval_x, self.eval_y = ds.test_x[idx], ds.test_y[idx]
                 self.eval_name = f"test[seed {settings.seed}, {len(idx)}]"
             else:
