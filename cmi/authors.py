@@ -76,3 +76,8 @@ PLANS = (("per-layer", "scree", "bidirectional"), ("per-layer", "xmeans", "bidir
          ("per-layer", "ptest", "bidirectional"), ("compact", "scree", "bidirectional"),
          ("compact", "xmeans", "bidirectional"), ("compact", "ptest", "bidirectional"),
          ("full", "scree", "bidirectional"), ("compact", "scree", "forward"), ("full", "scree", "forward"))
+
+#: ``ordering/cmi.py`` ``greedy_CMI`` runs every greedy step (C - 1 picks, no stop), and the
+#: index-based scree above reads the whole order, so this protocol ranks exactly
+#: (``saturation_tol=0``) whatever ``cmi.saturation_tol`` says.
+EXACT_RANKING = True

@@ -23,6 +23,7 @@ from .cutoffs import FALLBACKS
 from .entropy import SIGMA_RULES
 from .errors import ConfigError
 from .paths import configs_dir
+from .ranking import SATURATION_TOL
 
 DATASETS = ("cifar10", "fashion-mnist", "synthetic")
 FORMULATIONS = ("per-layer", "compact", "full")
@@ -94,6 +95,7 @@ class CMIConfig:
     sigma: str = "paper"               #: kernel-width rule: paper, silverman or median
     permutations: int = 100            #: P of the permutation test
     eta: float = 0.05                  #: significance level of the permutation test
+    saturation_tol: float = SATURATION_TOL   #: stop ranking once CMI_t <= this x I(Y; L ∪ Z); 0 = exact
 
     def validate(self) -> None:
         _check(self.n_samples >= 2, "cmi.n_samples", f"must be >= 2, got {self.n_samples!r}")
@@ -101,6 +103,7 @@ class CMIConfig:
         _check(self.sigma in SIGMA_RULES, "cmi.sigma", f"must be one of {SIGMA_RULES}, got {self.sigma!r}")
         _check(self.permutations >= 1, "cmi.permutations", f"must be >= 1, got {self.permutations!r}")
         _check(0 < self.eta < 1, "cmi.eta", f"must be in (0, 1), got {self.eta!r}")
+        _check(0 <= self.saturation_tol < 1, "cmi.saturation_tol", f"must be in [0, 1), got {self.saturation_tol!r}")
 
 
 @dataclass(frozen=True)

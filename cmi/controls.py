@@ -55,7 +55,7 @@ class Study:
     @functools.cached_property
     def ctx(self) -> Context:
         return Context(self.model, self.acts, alpha=self.cfg.cmi.alpha, seed=self.cfg.seed,
-                       cache_dir=self.folder, device=self.device)
+                       cache_dir=self.folder, device=self.device, saturation_tol=self.cfg.cmi.saturation_tol)
 
 
 def prepare_study(cfg: Config, progress: bool = True) -> Study:
@@ -267,15 +267,6 @@ def sensitivity(study: Study, progress: bool = True) -> list[dict]:
     return rows
 
 
-def saturation_pick(cmi: list[float], mi_all: float, rel_tol: float) -> int | None:
-    """The first pick t (1-based) with CMI_t <= rel_tol x I(Y; L): from there on every remaining channel
-    adds nothing the estimator can see. None: never within the ranking."""
-    for t, v in enumerate(cmi, 1):
-        if v <= rel_tol * abs(mi_all):
-            return t
-    return None
-
-
 def saturation(study: Study, progress: bool = True) -> list[dict]:
     """Per layer and kernel-width rule: I(Y; L), CMI_1, and the pick at which CMI_t reaches ~0."""
     c, cfg = study.cfg.controls, study.cfg
@@ -283,6 +274,7 @@ def saturation(study: Study, progress: bool = True) -> list[dict]:
     for rule in c.sigma_rules:
         for layer, name in enumerate(LAYER_NAMES):
             r, _ = cached_ranking(study.acts, layer, [], alpha=cfg.cmi.alpha, sigma=rule, seed=cfg.seed,
+                                  saturation_tol=c.saturation_tol,
                                   cache_dir=study.folder, device=study.device, progress=progress,
                                   desc=f"{name} σ={rule}")
             mi_all = r.info["mi_labels_all"]
@@ -290,7 +282,7 @@ def saturation(study: Study, progress: bool = True) -> list[dict]:
             sig = statistics.median(sig) if isinstance(sig, list) else sig
             rows.append({"sigma_rule": rule, "layer": name, "channels": r.n_channels, "sigma (median)": sig,
                          "I(Y;L) nats": mi_all, "CMI_1 nats": r.cmi[0] if r.cmi else None,
-                         "picks to saturate": saturation_pick(r.cmi, mi_all, c.saturation_tol),
+                         "picks to saturate": r.saturated_at,
                          "ranking seconds": r.seconds})
     return rows
 

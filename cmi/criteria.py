@@ -36,6 +36,7 @@ class Context:
     seed: int = 0
     cache_dir: Path | None = None
     device: object = None
+    saturation_tol: float | None = None     #: of the CMI rankings (None: cmi.ranking's default)
     orders: dict = field(default_factory=dict, repr=False)   #: (criterion, layer, seed) -> order, memo
 
     def order(self, criterion: "Criterion", layer: int, seed: int = 0) -> list[int]:
@@ -86,6 +87,7 @@ class CMI(Criterion):
     def order(self, ctx, layer, seed=0):
         from .planner import cached_ranking
         r, _ = cached_ranking(ctx.acts, layer, [], alpha=ctx.alpha, sigma=self.sigma, seed=ctx.seed,
+                              saturation_tol=ctx.saturation_tol,
                               cache_dir=ctx.cache_dir, device=ctx.device, desc=f"{self.name} layer {layer}")
         return r.order + [j for j in range(ctx.acts.widths[layer]) if j not in r.order]
 

@@ -15,11 +15,11 @@ the test set (``authors``, as their code did); :func:`cmi.cutoffs.choose_within_
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,7 +32,7 @@ from .device import resolve_device
 from .models import LAYER_NAMES, VGG16
 from .plans import LayerDecision, Plan, PlanSettings
 from .protocols import get_protocol
-from .ranking import Ranking, rank_channels
+from .ranking import SATURATION_TOL, Ranking, rank_channels
 from .store import cache_key, load_json, save_json
 from .surgery import mask_model
 from .train import evaluate
@@ -40,24 +40,30 @@ from .train import evaluate
 
 def cached_ranking(acts: Activations, layer: int, cond: list[tuple[int, list[int]]] = (), *, alpha: float = 1.01,
                    sigma: str = "paper", permutation: tuple[int, float] | None = None,
-                   permute_condition: bool = True, seed: int = 0, cache_dir: Path | None = None, device=None,
-                   progress: bool = False, desc: str = "ranking") -> tuple[Ranking, bool]:
+                   permute_condition: bool = True, saturation_tol: float | None = None, seed: int = 0,
+                   cache_dir: Path | None = None, device=None, progress: bool = False,
+                   desc: str = "ranking") -> tuple[Ranking, bool]:
     """:func:`rank_channels` of layer ``layer`` conditioned on the kept maps ``cond`` ([(layer, kept
     channels)]), cached in ``cache_dir/rankings/`` under a hash of everything it depends on.
-    Returns (ranking, whether it came from the cache)."""
+    ``saturation_tol`` as in :func:`rank_channels` (None: its default). Returns (ranking, whether it
+    came from the cache)."""
+    if saturation_tol is None:
+        saturation_tol = 0.0 if permutation else SATURATION_TOL
     key = {"model": acts.model, "n": acts.n, "layer": layer, "condition": [[l, sorted(k)] for l, k in cond],
            "alpha": alpha, "sigma": sigma, "permutation": list(permutation) if permutation else None,
            "seed": seed}
     if permutation and not permute_condition:
         key["permute_condition"] = False
+    if saturation_tol:          # exact rankings keep the keys they had before the stop existed
+        key["saturation_tol"] = saturation_tol
     path = Path(cache_dir) / "rankings" / f"{cache_key(key)}.json" if cache_dir is not None else None
     if path is not None and path.is_file():
         return Ranking.from_dict(load_json(path)), True
     feats = acts.features
     res = rank_channels(feats[layer], acts.labels, inputs=acts.inputs,
                         condition=[feats[l][:, sorted(k)] for l, k in cond], alpha=alpha, sigma=sigma,
-                        permutation=permutation, permute_condition=permute_condition, device=device, seed=seed,
-                        progress=progress, desc=desc)
+                        permutation=permutation, permute_condition=permute_condition,
+                        saturation_tol=saturation_tol, device=device, seed=seed, progress=progress, desc=desc)
     if path is not None:
         save_json(res.to_dict(), path)
     return res, False
@@ -85,8 +91,9 @@ class _Planner:
     def rank(self, layer: int, cond: list[tuple[int, list[int]]], desc: str) -> tuple[Ranking, bool]:
         s = self.settings
         perm = (s.permutations, s.eta) if self.cutoff == "ptest" else None
+        tol = 0.0 if (perm or self.protocol.exact_ranking) else s.saturation_tol
         return cached_ranking(self.acts, layer, cond, alpha=s.alpha, sigma=s.sigma, permutation=perm,
-                              permute_condition=self.protocol.permute_condition, seed=s.seed,
+                              permute_condition=self.protocol.permute_condition, saturation_tol=tol, seed=s.seed,
                               cache_dir=self.cache_dir, device=self.device, progress=self.progress, desc=desc)
 
     def score(self, applied: dict[int, list[int]]) -> float:
@@ -194,6 +201,8 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
         if value not in allowed:
             raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
     protocol = get_protocol(settings.protocol)
+    if protocol.exact_ranking:
+        settings = dataclasses.replace(settings, saturation_tol=0.0)
     check_vgg(model)
     acts.check_model(model)
     device = resolve_device(device)
@@ -202,9 +211,9 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
     one_chain = direction == "bidirectional" and formulation == "full" and protocol.full_bidirectional_one_chain
     t0 = time.perf_counter()
     name = f"{formulation}-{cutoff}-{direction}"
-    progress_path = (Path(cache_dir) / "plans" / cache_key(asdict(settings), 10) / f"{name}.json"
+    progress_path = (Path(cache_dir) / "plans" / cache_key(settings.to_dict(), 10) / f"{name}.json"
                      if cache_dir is not None else None)
-    fresh = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, asdict(settings), [])
+    fresh = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, settings.to_dict(), [])
     current = fresh
     if progress_path is not None and progress_path.is_file():
         saved = Plan.load(progress_path)
@@ -228,7 +237,7 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
 
     model = model.eval()
     planner = _Planner(model, acts, formulation, cutoff, settings, ds, device, cache_dir, progress, on_decision)
-    out = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, asdict(settings),
+    out = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, settings.to_dict(),
                list(current.decisions), current.start, dict(current.first_pass))
     done = {d.layer: d for d in out.decisions}
     bar.update(len(out.decisions))

@@ -26,6 +26,15 @@ class PlanSettings:
     max_drop: float | None = None    #: a candidate may cost at most this accuracy (fraction) vs the reference
     reference: str = "network"       #: max_drop is measured from the unpruned "network" or the "chain" so far
     fallback: str = "largest"        #: no candidate within max_drop: keep the largest candidate, or "unpruned"
+    saturation_tol: float = 0.0      #: the rankings' saturation stop (cmi.ranking); protocols may ask for 0
+
+    def to_dict(self) -> dict:
+        """The settings as stored in a plan and hashed into its cache key; a zero saturation_tol (the
+        exact rankings, as before the stop existed) is left out, so those plans keep their keys."""
+        d = asdict(self)
+        if not d["saturation_tol"]:
+            del d["saturation_tol"]
+        return d
 
     @classmethod
     def from_config(cls, cfg) -> "PlanSettings":
@@ -33,7 +42,7 @@ class PlanSettings:
         return cls(alpha=cfg.cmi.alpha, sigma=cfg.cmi.sigma, permutations=cfg.cmi.permutations, eta=cfg.cmi.eta,
                    scree_candidates=p.scree_candidates, select_images=p.select_images, tolerance=p.tolerance,
                    seed=cfg.seed, protocol=p.protocol, max_drop=p.max_drop, reference=p.reference,
-                   fallback=p.fallback)
+                   fallback=p.fallback, saturation_tol=cfg.cmi.saturation_tol)
 
 
 @dataclass

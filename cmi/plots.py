@@ -55,11 +55,15 @@ def _grid(n: int, cols: int = 5, size=(3.0, 2.3)):
 
 def cmi_curves(rankings: list, cuts: dict[str, dict[str, list[int]]] | None = None, title: str = ""):
     """CMI_t against the number of channels selected t, one panel per layer; optional cut markers
-    ``cuts[layer name][strategy] = [keep counts]`` (the chosen one drawn solid)."""
+    ``cuts[layer name][strategy] = [keep counts]`` (the chosen one drawn solid). Picks after a
+    saturation stop (ordered by the tail rule, not by CMI) are shaded grey."""
     fig, axes = _grid(len(rankings))
     for ax, r, name in zip(axes, rankings, LAYER_NAMES):
         t = np.arange(1, len(r.cmi) + 1)
         ax.plot(t, r.cmi, color="k", lw=1.2)
+        if getattr(r, "saturated_at", None) is not None:
+            ax.axvspan(r.saturated_at + 0.5, len(r.cmi) + 0.5, color="0.85", lw=0,
+                       label="saturated: tail rule, not CMI")
         ax.set_title(f"{name} (C={r.n_channels})", fontsize=9)
         ax.set_xlabel("channels selected t", fontsize=8)
         ax.set_ylabel("CMI_t (nats)", fontsize=8)
@@ -67,9 +71,12 @@ def cmi_curves(rankings: list, cuts: dict[str, dict[str, list[int]]] | None = No
             for i, k in enumerate(ks):
                 ax.axvline(k, color=STRATEGY_COLOURS.get(strategy, "0.5"), lw=1, ls="-" if i == 0 else ":",
                            label=strategy if i == 0 else None)
-    if cuts:
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper right", fontsize=8)
+    handles, labels = {}, {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper right", fontsize=8)
     fig.suptitle(title or "Remaining label information CMI_t = I(Y; R | S) per layer")
     fig.tight_layout()
     return fig

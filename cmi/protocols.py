@@ -30,6 +30,7 @@ class Protocol:
     full_bidirectional_one_chain: bool                   #: full CMI's backward half conditions on the forward one
     label: str                                           #: how tables name what it produced
     plans: tuple | None = None                           #: (formulation, cutoff, direction) it defines; None: all
+    exact_ranking: bool = False                          #: every greedy pick (no saturation stop)
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -49,7 +50,8 @@ PROTOCOLS: dict[str, Protocol] = {
         kept=authors.shift_kept, choose_on=authors.CHOOSE_ON, permute_condition=authors.PERMUTE_CONDITION,
         compact_scores_previous_only=authors.COMPACT_SCORES_PREVIOUS_ONLY,
         full_bidirectional_one_chain=authors.FULL_BIDIRECTIONAL_ONE_CHAIN,
-        label="authors' code paths, chosen on test data", plans=authors.PLANS),
+        label="authors' code paths, chosen on test data", plans=authors.PLANS,
+        exact_ranking=authors.EXACT_RANKING),
 }
 
 

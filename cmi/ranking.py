@@ -15,7 +15,12 @@ How the engine reaches the cost floor of one eigendecomposition per candidate en
 - because R ∪ S is the whole layer, CMI_t = I(Y; L ∪ Z) - I(Y; Z ∪ S_t) exactly (L the whole layer),
   and I(Y; Z ∪ S_t) is the maximum the greedy step has just computed: CMI_t costs nothing extra;
 - α = 2 needs no eigendecomposition: S_2(A) = -log ||A||_F², and for all candidates at once
-  ||K_S ∘ K_j||_F² = <K_S², K_j²> is one matrix-vector product with the precomputed K_j².
+  ||K_S ∘ K_j||_F² = <K_S², K_j²> is one matrix-vector product with the precomputed K_j²;
+- the saturation stop (``saturation_tol``, METHOD.md §10): once CMI_t <= tol x I(Y; L ∪ Z) the
+  selected set already carries everything the estimator can see about Y, every remaining candidate
+  ties up to round-off, and further greedy steps (C - t candidates each) would rank noise. The loop
+  stops there; the tail is ordered by :data:`TAIL_RULE` at a cost linear in C, and its CMI, MI
+  curves are still evaluated exactly for that order, so every curve keeps its full length.
 """
 from __future__ import annotations
 
@@ -31,6 +36,16 @@ from .device import resolve_device
 from .entropy import eigvalsh, entropy_from_eigenvalues, kernel_width, sq_dists
 
 Tensor = torch.Tensor
+
+#: Default relative tolerance of the saturation stop: CMI_t <= SATURATION_TOL x I(Y; L ∪ Z).
+#: Chosen from the measured CMI curves (figures/bench/saturation-*.md): the kept prefix of every
+#: plan of the quick study lies before this point, and below it CMI_t decays geometrically
+#: without a plateau, so a smaller tolerance buys picks that change no plan at a cost of 2(C - t)
+#: eigendecompositions each. 0 runs the exact full greedy ranking.
+SATURATION_TOL = 1e-3
+
+#: How the channels left after a saturation stop are ordered (not chosen by CMI).
+TAIL_RULE = "I(Y; channel) alone, descending, rounded to 1e-10 nats; ties by channel index"
 
 
 @dataclass
@@ -58,6 +73,12 @@ class Ranking:
     device: str
     stopped: bool = False
     info: dict = field(default_factory=dict)
+    saturated_at: int | None = None
+
+    @property
+    def cmi_picks(self) -> int:
+        """How many leading picks of ``order`` the greedy CMI step chose."""
+        return len(self.order) if self.saturated_at is None else self.saturated_at
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +103,7 @@ def _as_4d(name: str, x, n: int | None) -> Tensor:
     return x
 
 
-def _check_inputs(features, labels, inputs, condition, alpha, num_classes, permutation):
+def _check_inputs(features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol=0.0):
     features = _as_4d("features", features, None)
     n, c = features.shape[:2]
     if n < 2:
@@ -113,6 +134,11 @@ def _check_inputs(features, labels, inputs, condition, alpha, num_classes, permu
             raise ValueError(f"permutation must be None or (P, eta), got {permutation!r}") from None
         if not (isinstance(p_count, int) and p_count >= 1 and 0 < eta < 1):
             raise ValueError(f"permutation=(P, eta) needs an integer P >= 1 and 0 < eta < 1, got {permutation!r}")
+    if isinstance(saturation_tol, bool) or not (isinstance(saturation_tol, (int, float)) and 0 <= saturation_tol < 1):
+        raise ValueError(f"saturation_tol must be a number in [0, 1), got {saturation_tol!r}")
+    if permutation is not None and saturation_tol:
+        raise ValueError("saturation_tol must be 0 with a permutation test: the test has its own stop "
+                         "and its CMI_t is the observed four-entropy value")
     return features, labels, inputs, condition, k
 
 
@@ -168,8 +194,9 @@ def _default_chunk(n: int, budget_bytes: float = 2**28) -> int:
 def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = None,
                   condition: Sequence[Tensor] = (), alpha: float = 1.01, sigma="paper",
                   num_classes: int | None = None, permutation: tuple[int, float] | None = None,
-                  permute_condition: bool = True, device=None, seed: int = 0, dtype: torch.dtype = torch.float64,
-                  chunk: int | None = None, progress: bool = False, desc: str = "ranking") -> Ranking:
+                  permute_condition: bool = True, saturation_tol: float | None = None, device=None,
+                  seed: int = 0, dtype: torch.dtype = torch.float64, chunk: int | None = None,
+                  progress: bool = False, desc: str = "ranking") -> Ranking:
     """Rank the C channels of one layer by greedy CMI selection (METHOD.md §3).
 
     Args:
@@ -186,6 +213,10 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
             times; p = fraction of shuffled CMI <= observed; stop at the first p >= eta.
         permute_condition: False computes the shuffled CMIs without Z (the authors' code,
             METHOD.md §9); the observed CMI_t always conditions on Z.
+        saturation_tol: stop the greedy loop once CMI_t <= saturation_tol x I(Y; L ∪ Z) (also
+            before the first pick, when Z alone saturates) and order the rest by :data:`TAIL_RULE`;
+            0 runs every greedy step (the exact run). None: :data:`SATURATION_TOL`, or 0 with
+            ``permutation`` (the test has its own stop; a nonzero value with it is an error).
         device: where to compute (default: CUDA when available, else CPU).
         seed: seeds the permutation test.
         dtype: float64 (default) or float32.
@@ -195,8 +226,10 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
         :class:`Ranking`; ``order`` has C-1 picks, fewer when the permutation test stops.
     """
     t0 = time.perf_counter()
+    if saturation_tol is None:
+        saturation_tol = 0.0 if permutation is not None else SATURATION_TOL
     features, labels, inputs, condition, k = _check_inputs(
-        features, labels, inputs, condition, alpha, num_classes, permutation)
+        features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol)
     dev = resolve_device(device)
     n, c = features.shape[:2]
     chunk = chunk or _default_chunk(n)
@@ -230,8 +263,17 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
     k_s = torch.ones_like(k_z)                 # Gram of S alone
     gen = torch.Generator().manual_seed(seed)
     stopped = False
+    saturated_at = None
+    threshold = saturation_tol * abs(mi_all)
+
+    def saturated(cmi_t: float) -> bool:
+        return saturation_tol > 0 and cmi_t <= threshold
+
+    single = None                   # I(Y; j) of every channel alone, when the first step computes it
+    if condition and saturated(mi_all - (h_y + ent(k_z) - ent(k_z, k_y)).item()):   # Z alone saturates
+        saturated_at = 0
     bar = tqdm(total=c - 1, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for _step in range(c - 1):
+    for _step in range(c - 1 if saturated_at is None else 0):
         rem = torch.tensor(remaining, device=dev)
         k_zsy = k_zs * k_y
         if alpha == 2:   # S_2(K_ZS ∘ K_j / N) = 2 log N - log <K_ZS², K_j²>, all candidates at once
@@ -243,6 +285,8 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
             h_cand = torch.cat([a for a, _ in parts])
             h_cand_y = torch.cat([b for _, b in parts])
         gains = h_y + h_cand - h_cand_y                                       # I(Y; Z ∪ S ∪ {j})
+        if _step == 0 and not condition:
+            single = gains.clone()
         best = int(torch.argmax(gains))      # first maximum: ties go to the lowest channel index
         j = remaining.pop(best)
         order.append(j)
@@ -264,6 +308,8 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
 
         if permutation is None:
             cmi.append(mi_all - gain)
+            if saturated(cmi[-1]) and len(remaining) > 1:
+                saturated_at = len(order)
         else:
             observed, p = _permutation_test(k_feat, k_zs_before, j, remaining, k_y, ent, permutation, gen,
                                             k_s_before)
@@ -272,9 +318,13 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
             if p >= permutation[1]:
                 stopped = True
         bar.update(1)
-        if stopped:
+        if stopped or saturated_at is not None:
             break
     bar.close()
+    if saturated_at is not None:
+        tail = _tail_order(remaining, k_feat, k_y, h_y, ent, single)
+        _extend_curves(tail[:-1], k_feat, k_zs, k_s, k_y, k_x, h_y, h_x, mi_all, ent, chunk, bool(condition),
+                       order, cmi, objective, mi_labels, mi_input)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return Ranking(order=order, cmi=cmi, objective=objective, mi_labels=mi_labels, mi_input=mi_input,
@@ -282,7 +332,52 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
                    sigma={"features": sig_feat[0] if len(set(sig_feat)) == 1 else sig_feat,
                           "labels": sig_y, "inputs": sig_x, "condition": sig_z},
                    seconds=time.perf_counter() - t0, entropies=ent.count, device=str(dev), stopped=stopped,
-                   info={"mi_labels_all": mi_all, "n_samples": n, "num_classes": k})
+                   info={"mi_labels_all": mi_all, "n_samples": n, "num_classes": k,
+                         "saturation_tol": float(saturation_tol),
+                         **({"tail_rule": TAIL_RULE} if saturated_at is not None else {})},
+                   saturated_at=saturated_at)
+
+
+def _tail_order(remaining: list[int], k_feat, k_y, h_y, ent, single) -> list[int]:
+    """The channels left at a saturation stop, ordered by :data:`TAIL_RULE`. ``single`` holds
+    I(Y; j) for every channel when the first greedy step computed it (no Z); else 2 entropies each."""
+    rem = torch.tensor(remaining, device=k_feat.device)
+    if single is not None:
+        mi = single[rem]
+    else:
+        mi = torch.cat([h_y + ent(k_feat[idx]) - ent(k_feat[idx], k_y) for idx in rem.split(ent.chunk)])
+    rounded = torch.round(mi.double() * 1e10).tolist()
+    return [j for _, j in sorted(zip(rounded, remaining), key=lambda t: (-t[0], t[1]))]
+
+
+def _extend_curves(tail, k_feat, k_zs, k_s, k_y, k_x, h_y, h_x, mi_all, ent, chunk, conditioned,
+                   order, cmi, objective, mi_labels, mi_input) -> None:
+    """Append ``tail`` to ``order`` and its exact CMI_t, I(Y; Z ∪ S), I(S; Y), I(input; S) to the
+    curves: one Gram product per pick (running, in place) and a few batched entropies."""
+    for i in range(0, len(tail), chunk):
+        zs, s = [], []
+        for j in tail[i:i + chunk]:
+            k_zs *= k_feat[j]
+            zs.append(k_zs.clone())
+            if conditioned or k_x is not None:
+                k_s *= k_feat[j]
+                s.append(k_s.clone())
+        zs = torch.stack(zs)
+        h_zs = ent(zs)
+        gain = h_y + h_zs - ent(zs, k_y)
+        if conditioned:
+            s = torch.stack(s)
+            h_s = ent(s)
+            mi_y = h_y + h_s - ent(s, k_y)
+        else:
+            s, h_s, mi_y = zs, h_zs, gain
+        order.extend(tail[i:i + chunk])
+        objective.extend(gain.tolist())
+        cmi.extend((mi_all - gain).tolist())
+        mi_labels.extend(mi_y.tolist())
+        if k_x is not None:
+            mi_input.extend((h_x + h_s - ent(s, k_x)).tolist())
+        del zs, s
 
 
 def _permutation_test(k_feat, k_before, j, remaining, k_y, ent, permutation, gen,

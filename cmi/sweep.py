@@ -96,7 +96,7 @@ def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
 
 def _finetune_key(cfg: Config) -> str:
     return cache_key({"epochs": cfg.prune.finetune_epochs, "lr": cfg.prune.finetune_lr,
-                      "train": dataclasses.asdict(cfg.train), "plan": dataclasses.asdict(PlanSettings.from_config(cfg))},
+                      "train": dataclasses.asdict(cfg.train), "plan": PlanSettings.from_config(cfg).to_dict()},
                      10)
 
 
@@ -148,6 +148,7 @@ def layer_rankings(cfg: Config, alpha: float | None = None, permutation: bool = 
     alpha = cfg.cmi.alpha if alpha is None else alpha
     perm = (cfg.cmi.permutations, cfg.cmi.eta) if permutation else None
     return [cached_ranking(acts, layer, [], alpha=alpha, sigma=cfg.cmi.sigma, permutation=perm, seed=cfg.seed,
+                           saturation_tol=0.0 if perm else cfg.cmi.saturation_tol,
                            cache_dir=folder, device=device, progress=progress, desc=name)[0]
             for layer, name in enumerate(LAYER_NAMES)]
 

@@ -40,10 +40,7 @@ def cmi(x, y, z, alpha):
     return joint(x + z, alpha) + joint(y + z, alpha) - joint(x + y + z, alpha) - joint(z, alpha)
 
 
-def naive_rank(features, labels, inputs=None, condition=(), alpha=1.01, num_classes=None,
-               permutation=None, seed=0, permute_condition=True):
-    """Same contract as cmi.ranking.rank_channels (sigma="paper"), returned as a dict.
-    ``permute_condition=False``: the shuffled CMIs leave Z out (the authors' permutation test)."""
+def _grams(features, labels, inputs, condition, num_classes):
     f = features.double().numpy()
     n, c = f.shape[:2]
     paper = lambda d: 5.0 * n ** (-1.0 / (4 + d))  # noqa: E731
@@ -60,7 +57,14 @@ def naive_rank(features, labels, inputs=None, condition=(), alpha=1.01, num_clas
     if inputs is not None:
         x = inputs.double().numpy()
         gx = [gram(x.reshape(n, -1), paper(x.shape[2] * x.shape[3]))]
+    return n, c, gy, chans, gz, gx
 
+
+def naive_rank(features, labels, inputs=None, condition=(), alpha=1.01, num_classes=None,
+               permutation=None, seed=0, permute_condition=True):
+    """Same contract as cmi.ranking.rank_channels (sigma="paper", saturation_tol=0), returned as a dict.
+    ``permute_condition=False``: the shuffled CMIs leave Z out (the authors' permutation test)."""
+    n, c, gy, chans, gz, gx = _grams(features, labels, inputs, condition, num_classes)
     gen = torch.Generator().manual_seed(seed)
     selected, remaining = [], list(range(c))
     out = {"order": [], "cmi": [], "objective": [], "mi_labels": [], "mi_input": [], "p_values": []}
@@ -89,3 +93,24 @@ def naive_rank(features, labels, inputs=None, condition=(), alpha=1.01, num_clas
             if p >= permutation[1]:
                 break
     return out
+
+
+def naive_curves(features, labels, order, inputs=None, condition=(), alpha=1.01, num_classes=None):
+    """The curves of rank_channels along a *given* order, each value from the four-entropy formula."""
+    n, c, gy, chans, gz, gx = _grams(features, labels, inputs, condition, num_classes)
+    out = {"cmi": [], "objective": [], "mi_labels": [], "mi_input": []}
+    for t in range(1, len(order) + 1):
+        sel = [chans[j] for j in order[:t]]
+        rem = [chans[j] for j in range(c) if j not in order[:t]]
+        out["cmi"].append(cmi(gy, rem, gz + sel, alpha))
+        out["objective"].append(cmi(gy, gz + sel, [], alpha))
+        out["mi_labels"].append(cmi(sel, gy, [], alpha))
+        if gx is not None:
+            out["mi_input"].append(cmi(gx, sel, [], alpha))
+    return out
+
+
+def naive_single_mi(features, labels, alpha=1.01, num_classes=None):
+    """I(Y; channel) of every channel alone."""
+    _n, _c, gy, chans, _gz, _gx = _grams(features, labels, None, (), num_classes)
+    return [cmi([g], gy, [], alpha) for g in chans]

@@ -39,6 +39,7 @@ def test_overrides_dotted_bare_alias_and_strings():
     ({"epochs": 0}, "train.epochs must be >= 1"),
     ({"device": "tpu"}, "device must be one of"),
     ({"lr": None}, "train.lr must not be null"),
+    ({"cmi.saturation_tol": -0.1}, "cmi.saturation_tol must be in .0, 1., got -0.1"),
 ])
 def test_bad_overrides_name_the_problem(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -120,6 +121,25 @@ def test_forward_plans_condition_as_specified(trained, formulation, tmp_path):
         assert d.kept == (d.ranking["order"] + [j for j in range(d.channels) if j not in d.ranking["order"]])[:d.keep]
     assert p.filters_kept == sum(d.keep for d in p.decisions) and 0 < p.efficiency < 1
     assert Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_plans_pass_the_saturation_stop_and_the_authors_protocol_ranks_exactly(trained):
+    model, acts, ds = trained
+    stop = dataclasses.replace(SETTINGS, saturation_tol=0.5)      # stops after the first pick or two
+    paper = plan(model, acts, formulation="compact", cutoff="scree", direction="forward", ds=ds,
+                 settings=stop, device="cpu", progress=False)
+    rankings = [d.ranking for d in paper.decisions]
+    assert all(r["info"]["saturation_tol"] == 0.5 for r in rankings)
+    assert any(r["saturated_at"] is not None for r in rankings)
+    assert paper.settings["saturation_tol"] == 0.5
+    authors = plan(model, acts, formulation="compact", cutoff="scree", direction="forward", ds=ds,
+                   settings=dataclasses.replace(stop, protocol="authors"), device="cpu", progress=False)
+    assert all(d.ranking["saturated_at"] is None and d.ranking["info"]["saturation_tol"] == 0
+               for d in authors.decisions)
+    assert "saturation_tol" not in authors.settings                # exact: the key plans had before
+    ptest = plan(model, acts, formulation="per-layer", cutoff="ptest", direction="forward", ds=ds,
+                 settings=stop, device="cpu", progress=False)
+    assert all(d.ranking["info"]["saturation_tol"] == 0 for d in ptest.decisions)
 
 
 def test_bidirectional_halves_in_parallel_equal_sequential(trained, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cmi.ranking import Ranking, rank_channels
-from naive_cmi import naive_rank
+from naive_cmi import naive_curves, naive_rank, naive_single_mi
 
 
 def planted(n=48, seed=0):
@@ -48,7 +48,7 @@ def assert_same(engine: Ranking, ref: dict, tol=1e-8):
 def test_engine_matches_naive_reference(alpha, conditioned):
     feats, y, inputs, cond = planted()
     condition = cond if conditioned else ()
-    res = rank_channels(feats, y, inputs=inputs, condition=condition, alpha=alpha, device="cpu")
+    res = rank_channels(feats, y, inputs=inputs, condition=condition, alpha=alpha, device="cpu", saturation_tol=0)
     ref = naive_rank(feats, y, inputs=inputs, condition=condition, alpha=alpha)
     assert_same(res, ref)
     assert len(res.order) == 7 and sorted(res.order + [next(iter(set(range(8)) - set(res.order)))]) == list(range(8))
@@ -109,8 +109,11 @@ def test_degenerate_inputs_give_finite_deterministic_results():
     dead_steps = [t for t, j in enumerate(a.order) if j in (4, 5)]
     assert dead_steps and all(a.objective[t] == pytest.approx(a.objective[t - 1], abs=1e-12) for t in dead_steps)
     # a vanishing kernel width makes every sample unique: all candidates tie, lowest index first
-    tiny = rank_channels(feats, y, sigma=1e-9)
+    tiny = rank_channels(feats, y, sigma=1e-9, saturation_tol=0)
     assert tiny.order == list(range(7)) and all(math.isfinite(v) for v in tiny.cmi)
+    # ...so the first pick already saturates, and the tail rule puts the dead channels last
+    tiny = rank_channels(feats, y, sigma=1e-9)
+    assert tiny.saturated_at == 1 and tiny.order == [0, 1, 2, 3, 6, 7, 4]
     zeros = rank_channels(torch.zeros(10, 3, 2, 2), torch.arange(10) % 2)
     assert zeros.order == [0, 1] and all(math.isfinite(v) for v in zeros.cmi)
 
@@ -130,6 +133,9 @@ def test_degenerate_inputs_give_finite_deterministic_results():
     (dict(permutation=(0, 0.05)), "permutation"),
     (dict(permutation=5), "permutation must be None or"),
     (dict(sigma="magic"), "sigma must be"),
+    (dict(saturation_tol=-1e-3), r"saturation_tol must be a number in \[0, 1\)"),
+    (dict(saturation_tol=1.0), "saturation_tol must be"),
+    (dict(permutation=(5, 0.05), saturation_tol=1e-3), "saturation_tol must be 0 with a permutation test"),
 ])
 def test_bad_input_is_one_clear_value_error(kwargs, needle):
     args = dict(features=torch.rand(8, 3, 2, 2), labels=torch.arange(8) % 2, num_classes=10)
@@ -144,5 +150,83 @@ def test_bench_reference_with_the_authors_cost_structure_gives_the_engine_order(
 
     feats, y, inputs, cond = planted()
     for condition in ([], cond):
-        engine = rank_channels(feats, y, inputs=inputs, condition=condition, alpha=1.01, num_classes=4)
+        engine = rank_channels(feats, y, inputs=inputs, condition=condition, alpha=1.01, num_classes=4,
+                               saturation_tol=0)
         assert reference_ranking(feats, y, inputs, alpha=1.01, condition=condition) == engine.order
+
+
+# ----------------------------------------------------------------------------- the saturation stop
+def saturating(n=40, c=10, seed=1):
+    """Post-ReLU maps on 6x6 grids whose single-channel Gram matrices are far from all-ones at the
+    paper's σ, so that a few channels together carry all of I(Y; L) (METHOD.md §10); channels 7
+    and 9 are exact copies, so the tail rule meets a tie."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    means = torch.randn(4, c, 36, generator=g)
+    strength = torch.linspace(1.0, 0.1, c).view(1, c, 1)
+    feats = torch.relu(strength * means[y] + 0.75 * torch.randn(n, c, 36, generator=g))
+    feats[:, 9] = feats[:, 7]
+    inputs = torch.randn(n, 3, 4, 4, generator=g) + y.view(n, 1, 1, 1).float()
+    cond = [torch.relu(torch.randn(n, 2, 3, 3, generator=g))]
+    return feats.reshape(n, c, 6, 6), y, inputs, cond
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0])
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_saturation_stop_keeps_the_exact_prefix_and_evaluates_the_tail_exactly(alpha, conditioned):
+    feats, y, inputs, cond = saturating()
+    condition = cond if conditioned else ()
+    exact = rank_channels(feats, y, inputs=inputs, condition=condition, alpha=alpha, saturation_tol=0)
+    ref = naive_rank(feats, y, inputs=inputs, condition=condition, alpha=alpha)
+    assert_same(exact, ref)                                  # tolerance 0 is the exact run
+    assert exact.saturated_at is None and exact.cmi_picks == 9
+    mi_all = exact.info["mi_labels_all"]
+    tol = math.sqrt(exact.cmi[3] * exact.cmi[4]) / mi_all    # between CMI_4 and CMI_5: stop at pick 5
+    fast = rank_channels(feats, y, inputs=inputs, condition=condition, alpha=alpha, saturation_tol=tol)
+    t = fast.saturated_at
+    assert t == 5
+    # the stop is the first pick whose CMI_t falls under the tolerance, as the exact run sees it
+    assert exact.cmi[t - 1] <= tol * mi_all < min(exact.cmi[:t - 1], default=math.inf)
+    # prefix: identical order and values (same arithmetic), and the naive reference agrees
+    assert fast.order[:t] == exact.order[:t] == ref["order"][:t]
+    for key in ("cmi", "objective", "mi_labels", "mi_input"):
+        assert getattr(fast, key)[:t] == getattr(exact, key)[:t], key
+    # the tail: all the other channels, ordered by I(Y; channel) alone (rounded), ties by index,
+    # and the curves along it are exact (four-entropy evaluation of the same order)
+    assert len(fast.order) == 9 and len(set(fast.order)) == 9
+    single = naive_single_mi(feats, y, alpha)
+    rest = [j for j in range(10) if j not in fast.order[:t]]
+    expected = sorted(rest, key=lambda j: (-round(single[j], 9), j))
+    assert fast.order[t:] == expected[:-1]
+    assert expected.index(9) == expected.index(7) + 1        # the copies tie: lower index first
+    along = naive_curves(feats, y, fast.order, inputs=inputs, condition=condition, alpha=alpha)
+    for key in ("cmi", "objective", "mi_labels", "mi_input"):
+        assert max(abs(a - b) for a, b in zip(getattr(fast, key), along[key])) < 1e-8, key
+    assert fast.info["saturation_tol"] == tol and "tail_rule" in fast.info
+    assert fast.entropies < exact.entropies
+    assert Ranking.from_dict(fast.to_dict()) == fast
+
+
+def test_saturation_tail_rule_is_deterministic_and_follows_the_channels():
+    feats, y, inputs, _ = saturating()
+    a = rank_channels(feats, y, saturation_tol=1e-3)
+    b = rank_channels(feats, y, saturation_tol=1e-3)
+    assert a == Ranking(**{**b.to_dict(), "seconds": a.seconds})
+    assert a.saturated_at is not None and a.saturated_at < 8
+    # relabelling the channels relabels the whole ranking (no tie besides the copies 7 and 9,
+    # which the permutation keeps in the same index order)
+    perm = torch.tensor([7, 0, 2, 3, 1, 5, 9, 6, 4, 8])
+    c = rank_channels(feats[:, perm], y, saturation_tol=1e-3)
+    back = perm.tolist()
+    assert [back[j] for j in c.order] == a.order and c.saturated_at == a.saturated_at
+
+
+def test_a_condition_that_already_saturates_leaves_every_pick_to_the_tail_rule():
+    feats, y, _, _ = saturating()
+    res = rank_channels(feats, y, condition=[feats.clone()], saturation_tol=1e-3)
+    assert res.saturated_at == 0 and res.cmi_picks == 0
+    single = naive_single_mi(feats, y)
+    assert res.order == sorted(range(10), key=lambda j: (-round(single[j], 9), j))[:-1]
+    assert max(abs(v) for v in res.cmi) < 1e-3 * res.info["mi_labels_all"]
+    exact = rank_channels(feats, y, condition=[feats.clone()], saturation_tol=0)
+    assert exact.saturated_at is None and len(exact.order) == 9
