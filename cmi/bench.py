@@ -413,8 +413,10 @@ def format_estimate(cfg, est: dict) -> str:
              f"on {est['hardware']}:",
              f"  baseline training  ~{h(est['baseline_s'])} ({est['train_images_per_s']:.0f} images/s, "
              f"{cfg.train.epochs} epochs)",
-             f"  CMI rankings       ~{h(est['rankings_s'])} ({est['ranking_sets']} sets of 13 layers, "
-             f"{est['eig_ms']:.2f} ms per {cfg.cmi.n_samples}x{cfg.cmi.n_samples} eigendecomposition)",
+             f"  CMI rankings       {'at most ' if cfg.cmi.saturation_tol else '~'}{h(est['rankings_s'])} "
+             f"({est['ranking_sets']} sets of 13 layers, {est['eig_ms']:.2f} ms per "
+             f"{cfg.cmi.n_samples}x{cfg.cmi.n_samples} eigendecomposition"
+             + ("; every greedy pick, which the saturation stop cuts short" if cfg.cmi.saturation_tol else "") + ")",
              f"  fine-tuning        ~{h(est['finetune_s'])}",
              f"  total              ~{h(est['total_s'])} (rough: cached stages are skipped)"]
     if est["total_s"] > 2 * 3600:

@@ -287,41 +287,27 @@ def saturation(study: Study, progress: bool = True) -> list[dict]:
     return rows
 
 
-def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
-    """The whole study with its tables and figure (written through ``out``, an
-    :class:`cmi.outputs.Outputs`, when given). Returns the tables as lists of rows and the timings."""
-    from .plots import sensitivity_curves
-
-    study = prepare_study(cfg, progress)
+def equal_counts_report(study: Study, out=None, progress: bool = True) -> dict:
+    """The controls at equal per-layer counts, both protocols: plans, one row per pruned network, the
+    summary over seeds, the wide per-mode tables, the verdict and the kept counts. Written through
+    ``out`` (an :class:`cmi.outputs.Outputs`) when given. Returns the tables and their timings."""
+    cfg = study.cfg
     timings = {}
-
-    def timed(label, work):
-        t0 = time.perf_counter()
-        result = work()
-        timings[label] = time.perf_counter() - t0
-        return result
-
-    sat = timed("saturation (per-layer rankings, every σ rule)", lambda: saturation(study, progress))
-    plans = timed("plans (both protocols; cached rankings shared)", lambda: study_plans(study, progress))
-    raw = timed("controls at equal counts (every mode)", lambda: plan_controls(study, progress, plans))
-    sens = timed("sensitivity curves", lambda: sensitivity(study, progress))
-    kept = kept_counts_table(plans)
-    summary = summarize(raw)
+    t0 = time.perf_counter()
+    plans = study_plans(study, progress)
+    timings["plans (both protocols; cached rankings shared)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    raw = plan_controls(study, progress, plans)
+    timings["controls at equal counts (every mode)"] = time.perf_counter() - t0
     crits = tuple(cfg.controls.criteria)
-    tables = {"saturation": sat, "kept": kept, "raw": raw, "summary": summary, "sensitivity": sens,
+    summary = summarize(raw)
+    tables = {"plans": plans, "kept": kept_counts_table(plans), "raw": raw, "summary": summary,
               "verdict": verdict_table(summary, crits),
-              **{f"wide_{m}": wide_table(summary, m, crits) for m in cfg.controls.modes}}
-    computed = {"controls evaluations (sum when computed)": sum(r["seconds"] for r in raw),
-                "sensitivity evaluations (sum when computed)": sum(r["seconds"] for r in sens)}
-    tables["timings"] = [{"part": k, "seconds this run": v} for k, v in timings.items()] + [
-        {"part": k, "seconds when computed": v} for k, v in computed.items()]
+              **{f"wide_{m}": wide_table(summary, m, crits) for m in cfg.controls.modes}, "timings": timings}
     if out is not None:
         base = study.baseline["test_accuracy"]
         label = {p: PROTOCOL_LABELS[p] for p in cfg.controls.protocols}
-        out.table(sat, "controls_saturation", "Picks until CMI_t ≈ 0 (≤ "
-                  f"{cfg.controls.saturation_tol:g} × I(Y; L)) per layer and kernel-width rule, "
-                  f"N = {study.acts.n}, α = {cfg.cmi.alpha}", floatfmt=".4g")
-        out.table(kept, "controls_kept_counts", "Filters kept per layer by every plan of each protocol "
+        out.table(tables["kept"], "controls_kept_counts", "Filters kept per layer by every plan of each protocol "
                   f"({'; '.join(f'{k}: {v}' for k, v in label.items())})", floatfmt=".4g")
         out.table(raw, "controls_raw", "Every pruned network of the controls: test accuracy per mode, per seed")
         out.table(summary, "controls", "Controls at equal per-layer counts: test accuracy per mode (mean, sd "
@@ -335,9 +321,72 @@ def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
                   "criterion at the plans' counts, CMI's mean rank among the criteria (1 = best), and the number "
                   "of plans on which CMI beats each other criterion (random: its mean + 1 sd over seeds)",
                   floatfmt=".2f")
+    return tables
+
+
+def sensitivity_report(study: Study, out=None, progress: bool = True) -> list[dict]:
+    """:func:`sensitivity`, written as a table and the per-layer curves when ``out`` is given."""
+    from .plots import sensitivity_curves
+
+    sens = sensitivity(study, progress)
+    if out is not None:
         out.table(sens, "controls_sensitivity", "Layer sensitivity: each layer pruned alone (test accuracy on "
-                  f"{cfg.controls.sensitivity_test_images or 'all'} test images)")
-        out.figure(sensitivity_curves(sens, base), "controls_sensitivity")
+                  f"{study.cfg.controls.sensitivity_test_images or 'all'} test images)")
+        out.figure(sensitivity_curves(sens, study.baseline["test_accuracy"]), "controls_sensitivity")
+    return sens
+
+
+def saturation_report(study: Study, out=None, progress: bool = True) -> list[dict]:
+    """:func:`saturation`, written as a table and a figure when ``out`` is given."""
+    from .plots import saturation_plot
+
+    cfg = study.cfg
+    sat = saturation(study, progress)
+    if out is not None:
+        out.table(sat, "controls_saturation", "Picks until CMI_t ≈ 0 (≤ "
+                  f"{cfg.controls.saturation_tol:g} × I(Y; L)) per layer and kernel-width rule, "
+                  f"N = {study.acts.n}, α = {cfg.cmi.alpha}", floatfmt=".4g")
+        out.figure(saturation_plot(sat), "controls_saturation")
+    return sat
+
+
+def claim_report(study: Study, equal: dict, sat: list[dict], out=None) -> list[dict]:
+    """The README's "Does the claim hold?" table (:func:`cmi.verdict.claim_table`) from the two reports."""
+    from .verdict import claim_table
+
+    cfg = study.cfg
+    rows = claim_table(equal["summary"], equal["verdict"], equal["kept"], sat, study.baseline["test_accuracy"],
+                       cfg.prune.max_drop if cfg.prune.max_drop is not None else 0.01, tuple(cfg.controls.criteria))
+    if out is not None:
+        out.table(rows, "claim", f"Does the claim hold? One row per question; protocols: "
+                  + "; ".join(f"{p}: {PROTOCOL_LABELS[p]}" for p in cfg.controls.protocols)
+                  + ". Each answer's numbers are in the named file.")
+    return rows
+
+
+def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
+    """The whole study with its tables and figures (written through ``out``, an
+    :class:`cmi.outputs.Outputs`, when given). Returns the tables as lists of rows and the timings."""
+    study = prepare_study(cfg, progress)
+    timings = {}
+
+    def timed(label, work):
+        t0 = time.perf_counter()
+        result = work()
+        timings[label] = time.perf_counter() - t0
+        return result
+
+    sat = timed("saturation (per-layer rankings, every σ rule)", lambda: saturation_report(study, out, progress))
+    equal = equal_counts_report(study, out, progress)
+    timings.update(equal.pop("timings"))
+    sens = timed("sensitivity curves", lambda: sensitivity_report(study, out, progress))
+    claim = claim_report(study, equal, sat, out)
+    tables = {**equal, "saturation": sat, "sensitivity": sens, "claim": claim}
+    computed = {"controls evaluations (sum when computed)": sum(r["seconds"] for r in equal["raw"]),
+                "sensitivity evaluations (sum when computed)": sum(r["seconds"] for r in sens)}
+    tables["timings"] = [{"part": k, "seconds this run": v} for k, v in timings.items()] + [
+        {"part": k, "seconds when computed": v} for k, v in computed.items()]
+    if out is not None:
         out.table(tables["timings"], "controls_timings", "Wall time of the controls study (seconds)", floatfmt=".1f")
     tables["timings_dict"] = {**timings, **computed}
     return tables

@@ -213,3 +213,89 @@ def sensitivity_curves(rows, baseline_acc: float | None = None, title: str = "")
     fig.supxlabel("% of the layer's filters kept", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def saturation_plot(rows, title: str = ""):
+    """Picks until CMI_t ≈ 0, as a fraction of the layer's filters, per layer and kernel-width rule
+    (a layer that never saturates is drawn at 100 % with an open marker)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    for rule, g in df.groupby("sigma_rule", sort=False):
+        picks = pd.to_numeric(g["picks to saturate"], errors="coerce")
+        frac = 100 * picks / g["channels"]
+        x = np.arange(len(g))
+        line, = ax.plot(x, frac, marker="o", label=f"σ rule: {rule}")
+        never = picks.isna().to_numpy()
+        if never.any():
+            ax.plot(x[never], np.full(never.sum(), 100.0), ls="", marker="o", mfc="white", color=line.get_color(),
+                    label=f"σ rule: {rule}, never saturates")
+        ax.set_xticks(x, g["layer"], rotation=45, fontsize=8)
+    ax.set_ylabel("picks to saturate (% of the layer)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Where CMI_t reaches ≈ 0: after that the greedy order is noise", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def controls_plot(summary, baseline_acc: float | None = None, modes=("masked", "recalibrated", "finetuned"),
+                  title: str = ""):
+    """Controls at equal per-layer counts: one panel per protocol (rows) and mode (columns); per
+    criterion, each plan's accuracy (mean over seeds) as a dot and the mean over plans as a bar."""
+    import pandas as pd
+
+    df = pd.DataFrame(summary)
+    protocols = list(dict.fromkeys(df.protocol))
+    modes = [m for m in modes if f"{m}_mean" in df and df[f"{m}_mean"].notna().any()]
+    fig, axes = plt.subplots(len(protocols), len(modes), figsize=(3.3 * len(modes), 2.8 * len(protocols)),
+                             squeeze=False, sharey=True)
+    crits = list(dict.fromkeys(df.criterion))
+    rng = np.random.default_rng(0)                       # horizontal jitter of the dots only
+    for i, proto in enumerate(protocols):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            part = df[df.protocol == proto]
+            for k, crit in enumerate(crits):
+                vals = 100 * part[part.criterion == crit][f"{mode}_mean"].dropna()
+                colour = CRITERION_COLOURS.get(crit, "0.5")
+                ax.bar(k, vals.mean(), color=colour, alpha=0.35, width=0.7)
+                ax.plot(k + rng.uniform(-0.2, 0.2, len(vals)), vals, ls="", marker=".", color=colour, ms=4)
+            if baseline_acc is not None:
+                ax.axhline(100 * baseline_acc, color="k", lw=0.6, ls=":")
+            ax.set_xticks(range(len(crits)), crits, rotation=30, fontsize=8)
+            ax.set_title(f"{proto} · {mode}", fontsize=9)
+            ax.set_ylim(0, 100)
+        axes[i][0].set_ylabel("test accuracy (%)")
+    fig.suptitle(title or "Same per-layer counts, different filters: each plan (dots) and the mean (bars)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def kept_counts_plot(kept_rows, title: str = ""):
+    """Kept filters per layer (% of the layer), ``paper`` against ``authors`` protocol, one panel per
+    plan the authors' code defines (rows of :func:`cmi.controls.kept_counts_table`)."""
+    import pandas as pd
+
+    df = pd.DataFrame(kept_rows)
+    names = list(dict.fromkeys(df[df.protocol == "authors"].plan)) or list(dict.fromkeys(df.plan))
+    fig, axes = _grid(len(names), cols=3, size=(3.6, 2.4))
+    for ax, name in zip(axes, names):
+        for proto, ls in (("paper", "-"), ("authors", "--")):
+            row = df[(df.protocol == proto) & (df.plan == name)]
+            if row.empty:
+                continue
+            counts = row[list(LAYER_NAMES)].iloc[0].to_numpy(dtype=float)
+            ax.plot(range(len(LAYER_NAMES)), counts, ls=ls, marker="o", ms=3,
+                    label=f"{proto}: {row['pruned (%)'].iloc[0]:.0f} % pruned")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks(range(len(LAYER_NAMES)), [n.replace("conv", "") for n in LAYER_NAMES], fontsize=6, rotation=90)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("filters kept")
+    fig.suptitle(title or "Filters kept per layer: the paper's text (solid) against the authors' code paths (dashed)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

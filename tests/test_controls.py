@@ -210,14 +210,16 @@ def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
                             "prune.cutoffs": ["scree"], "prune.directions": ["forward"], "controls.seeds": 2,
                             "controls.recal_images": 64, "controls.finetune_images": 128,
                             "controls.sensitivity_keep": [0.5], "controls.sensitivity_seeds": 2,
-                            "controls.sensitivity_test_images": 64})
+                            "controls.sensitivity_test_images": 64,
+                            "controls.criteria": ["cmi", "cmi-median", "l1", "hrank", "random"],
+                            "controls.modes": ["masked", "recalibrated", "finetuned"]})
     study = prepare_study(cfg, progress=False)
     rows = plan_controls(study, progress=False)
     assert {r["protocol"] for r in rows} == {"paper", "authors"}
     assert len(rows) == 2 * (4 + 2)                 # 2 protocols x (cmi, cmi-median, l1, hrank + 2 random seeds)
     for r in rows:
         assert all(0 <= r[f"acc_{m}"] <= 1 for m in ("masked", "recalibrated", "finetuned"))
-        assert r["acc_removed"] is None                 # not among the smoke profile's controls.modes
+        assert r["acc_removed"] is None                 # not among the controls.modes asked for
     from cmi.controls import protocol_plans
     p = protocol_plans(study, "paper", progress=False)[0]
     # the authors' code defines nine plans (one script each); compact-scree-forward is one of them

@@ -1,0 +1,59 @@
+"""The claim table answers from the numbers it is given, and says which file holds them."""
+from cmi.controls import summarize, verdict_table
+from cmi.verdict import claim_table
+
+CRITERIA = ("cmi", "l1", "random")
+
+
+def raw_rows():
+    """Two plans of one protocol. Plan a keeps accuracy masked (0.925 vs baseline 0.93) and removes
+    40 %; plan b does not. CMI beats random beyond its spread on plan a only."""
+    rows = []
+    acc = {("a", "cmi"): [0.925], ("a", "l1"): [0.90], ("a", "random"): [0.80, 0.82],
+           ("b", "cmi"): [0.10], ("b", "l1"): [0.30], ("b", "random"): [0.20, 0.40]}
+    for (plan, crit), vals in acc.items():
+        for seed, v in enumerate(vals):
+            rows.append({"protocol": "paper", "plan": plan, "formulation": "per-layer", "cutoff": "scree",
+                         "direction": "forward", "criterion": crit, "seed": seed, "filters_kept": 60,
+                         "filters_total": 100, "acc_masked": v, "acc_removed": None, "acc_recalibrated": v + 0.01,
+                         "acc_finetuned": min(v + 0.05, 0.95), "seconds": 1.0})
+    return rows
+
+
+def test_claim_table_answers_from_the_numbers():
+    summary = summarize(raw_rows())
+    verdict = verdict_table(summary, CRITERIA)
+    kept = [{"protocol": "paper", "plan": "a", "pruned (%)": 40.0, "fallbacks": 2},
+            {"protocol": "paper", "plan": "b", "pruned (%)": 10.0, "fallbacks": 0}]
+    sat = [{"sigma_rule": "paper", "layer": "conv1_1", "channels": 16, "I(Y;L) nats": 0.39, "picks to saturate": 2},
+           {"sigma_rule": "paper", "layer": "conv1_2", "channels": 16, "I(Y;L) nats": 0.39, "picks to saturate": None}]
+    rows = claim_table(summary, verdict, kept, sat, baseline_acc=0.93, max_drop=0.01, criteria=CRITERIA)
+    masked = next(r for r in rows if r["file"] == "controls_masked.md")
+    assert masked["answer"] == "yes" and masked["paper"].startswith("yes: 1 of 2 plans; best 92.50 % (a")
+    recal = next(r for r in rows if r["file"] == "controls_recalibrated.md")
+    assert recal["answer"] == "yes"                   # 0.935 >= 0.92
+    vs = [r for r in rows if r["file"] == "controls_verdict.md"]
+    assert len(vs) == 3                               # one per mode with data: masked, recalibrated, finetuned
+    # masked: CMI beats random (beyond mean + 1 sd) on plan a only, l1 on plan a only: 1 of 2 -> "no"
+    assert vs[0]["answer"] == "no" and "random on 1/2" in vs[0]["paper"] and "l1 on 1/2" in vs[0]["paper"]
+    third = next(r for r in rows if r["file"] == "controls_kept_counts.md")
+    assert third["answer"] == "yes" and "remove 10.0–40.0 %" in third["paper"] and "2 layer decisions" in third["paper"]
+    ft = next(r for r in rows if r["file"] == "controls_finetuned.md")
+    assert ft["answer"] == "yes" and "best 95.00 %" in ft["paper"]
+    s = next(r for r in rows if r["file"] == "controls_saturation.md")
+    assert s["answer"] == "yes" and "1 of 2 layers" in s["paper"] and "2/16, never" in s["paper"]
+    assert len({r["question"] for r in rows}) == len(rows) == 8
+
+
+def test_claim_table_says_no_when_nothing_keeps_accuracy():
+    rows = [dict(r, acc_masked=0.1, acc_recalibrated=0.2, acc_finetuned=0.5) for r in raw_rows()]
+    summary = summarize(rows)
+    out = claim_table(summary, verdict_table(summary, CRITERIA),
+                      [{"protocol": "paper", "plan": "a", "pruned (%)": 50.0, "fallbacks": 0},
+                       {"protocol": "paper", "plan": "b", "pruned (%)": 50.0, "fallbacks": 0}], [],
+                      baseline_acc=0.93, criteria=CRITERIA)
+    answers = {r["file"]: r["answer"] for r in out}
+    assert answers["controls_masked.md"] == answers["controls_kept_counts.md"] == "no"
+    assert answers["controls_finetuned.md"] == "no"
+    assert "2 remove ≥ 1/3, the best of them masked 10.00 %" in next(
+        r["paper"] for r in out if r["file"] == "controls_kept_counts.md")
