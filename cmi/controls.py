@@ -358,7 +358,7 @@ def claim_report(study: Study, equal: dict, sat: list[dict], out=None) -> list[d
     rows = claim_table(equal["summary"], equal["verdict"], equal["kept"], sat, study.baseline["test_accuracy"],
                        cfg.prune.max_drop if cfg.prune.max_drop is not None else 0.01, tuple(cfg.controls.criteria))
     if out is not None:
-        out.table(rows, "claim", f"Does the claim hold? One row per question; protocols: "
+        out.table(rows, "claim", "Does the claim hold? One row per question; protocols: "
                   + "; ".join(f"{p}: {PROTOCOL_LABELS[p]}" for p in cfg.controls.protocols)
                   + ". Each answer's numbers are in the named file.")
     return rows

@@ -71,7 +71,7 @@ def cmi_curves(rankings: list, cuts: dict[str, dict[str, list[int]]] | None = No
             for i, k in enumerate(ks):
                 ax.axvline(k, color=STRATEGY_COLOURS.get(strategy, "0.5"), lw=1, ls="-" if i == 0 else ":",
                            label=strategy if i == 0 else None)
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
