@@ -72,11 +72,11 @@ def cmi_curves(rankings: list, cuts: dict[str, dict[str, list[int]]] | None = No
                 ax.axvline(k, color=STRATEGY_COLOURS.get(strategy, "0.5"), lw=1, ls="-" if i == 0 else ":",
                            label=strategy if i == 0 else None)
     handles = {}
-    for ax in axes:
+    for ax in fig.axes:           # ``axes`` is a flat iterator, already consumed above
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="upper right", fontsize=8)
+        fig.legend(list(handles.values()), list(handles), loc="lower right", fontsize=8, bbox_to_anchor=(0.98, 0.05))
     fig.suptitle(title or "Remaining label information CMI_t = I(Y; R | S) per layer")
     fig.tight_layout()
     return fig

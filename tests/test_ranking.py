@@ -230,3 +230,20 @@ def test_a_condition_that_already_saturates_leaves_every_pick_to_the_tail_rule()
     assert max(abs(v) for v in res.cmi) < 1e-3 * res.info["mi_labels_all"]
     exact = rank_channels(feats, y, condition=[feats.clone()], saturation_tol=0)
     assert exact.saturated_at is None and len(exact.order) == 9
+
+
+def test_cmi_curves_shade_the_tail_and_keep_one_legend_for_cuts_and_tail():
+    import matplotlib
+    matplotlib.use("Agg")
+    from cmi.plots import cmi_curves
+
+    feats, y, _, _ = saturating()
+    stopped = rank_channels(feats, y, saturation_tol=1e-2)
+    exact = rank_channels(feats, y, saturation_tol=0)
+    fig = cmi_curves([stopped, exact], {"conv1_1": {"scree": [3, 5]}, "conv1_2": {"xmeans": [2]}})
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["saturated: tail rule, not CMI", "scree", "xmeans"]
+    shaded = [p for p in fig.axes[0].patches]
+    assert len(shaded) == 1 and not fig.axes[1].patches       # only the stopped ranking has a tail
+    x0 = shaded[0].get_x()
+    assert x0 == stopped.saturated_at + 0.5
