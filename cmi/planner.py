@@ -45,10 +45,12 @@ def cached_ranking(acts: Activations, layer: int, cond: list[tuple[int, list[int
                    desc: str = "ranking") -> tuple[Ranking, bool]:
     """:func:`rank_channels` of layer ``layer`` conditioned on the kept maps ``cond`` ([(layer, kept
     channels)]), cached in ``cache_dir/rankings/`` under a hash of everything it depends on.
-    ``saturation_tol`` as in :func:`rank_channels` (None: its default). Returns (ranking, whether it
-    came from the cache)."""
-    if saturation_tol is None:
-        saturation_tol = 0.0 if permutation else SATURATION_TOL
+    ``saturation_tol`` as in :func:`rank_channels` (None: its default); a permutation-test ranking is
+    always exact (its own stop decides). Returns (ranking, whether it came from the cache)."""
+    if permutation:
+        saturation_tol = 0.0
+    elif saturation_tol is None:
+        saturation_tol = SATURATION_TOL
     key = {"model": acts.model, "n": acts.n, "layer": layer, "condition": [[l, sorted(k)] for l, k in cond],
            "alpha": alpha, "sigma": sigma, "permutation": list(permutation) if permutation else None,
            "seed": seed}
@@ -91,9 +93,9 @@ class _Planner:
     def rank(self, layer: int, cond: list[tuple[int, list[int]]], desc: str) -> tuple[Ranking, bool]:
         s = self.settings
         perm = (s.permutations, s.eta) if self.cutoff == "ptest" else None
-        tol = 0.0 if (perm or self.protocol.exact_ranking) else s.saturation_tol
         return cached_ranking(self.acts, layer, cond, alpha=s.alpha, sigma=s.sigma, permutation=perm,
-                              permute_condition=self.protocol.permute_condition, saturation_tol=tol, seed=s.seed,
+                              permute_condition=self.protocol.permute_condition,
+                              saturation_tol=s.saturation_tol, seed=s.seed,
                               cache_dir=self.cache_dir, device=self.device, progress=self.progress, desc=desc)
 
     def score(self, applied: dict[int, list[int]]) -> float:

@@ -148,7 +148,7 @@ def layer_rankings(cfg: Config, alpha: float | None = None, permutation: bool = 
     alpha = cfg.cmi.alpha if alpha is None else alpha
     perm = (cfg.cmi.permutations, cfg.cmi.eta) if permutation else None
     return [cached_ranking(acts, layer, [], alpha=alpha, sigma=cfg.cmi.sigma, permutation=perm, seed=cfg.seed,
-                           saturation_tol=0.0 if perm else cfg.cmi.saturation_tol,
+                           saturation_tol=cfg.cmi.saturation_tol,
                            cache_dir=folder, device=device, progress=progress, desc=name)[0]
             for layer, name in enumerate(LAYER_NAMES)]
 
