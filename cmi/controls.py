@@ -36,7 +36,7 @@ from .models import LAYER_NAMES
 from .planner import cached_ranking, plan
 from .plans import Plan, PlanSettings
 from .protocols import get_protocol
-from .store import cache_key, load_json, save_json
+from .store import cache_key, read_cache, save_json, with_keys
 from .surgery import mask_model, recalibrate_bn, remove_channels
 from .train import evaluate, fit
 
@@ -77,8 +77,9 @@ def evaluate_kept(study: Study, kept: dict[int, list[int]], modes=MODES, test_im
            "modes": list(modes), "test_images": test_images, "recal_images": recal_images, "finetune": ft,
            "seed": cfg.seed}
     path = study.folder / "controls" / "evals" / f"{cache_key(key)}.json"
-    if path.is_file():
-        return load_json(path)
+    cached = read_cache(path, with_keys("filters_kept", "seconds"), "cached evaluation")
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     idx = seeded_indices(len(ds.test_y), test_images, cfg.seed)
     tx, ty = ds.test_x[idx], ds.test_y[idx]

@@ -15,3 +15,7 @@ class DatasetUnavailable(CmiError, RuntimeError):
 
 class TrainingDiverged(CmiError, RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class CacheCorrupt(CmiError, RuntimeError):
+    """A cached file cannot be read back (truncated, edited, or from another program)."""

@@ -33,7 +33,7 @@ from .models import LAYER_NAMES, VGG16
 from .plans import LayerDecision, Plan, PlanSettings
 from .protocols import get_protocol
 from .ranking import SATURATION_TOL, Ranking, rank_channels
-from .store import cache_key, load_json, save_json
+from .store import cache_key, read_cache, save_json
 from .surgery import mask_model
 from .train import evaluate
 
@@ -59,8 +59,9 @@ def cached_ranking(acts: Activations, layer: int, cond: list[tuple[int, list[int
     if saturation_tol:          # exact rankings keep the keys they had before the stop existed
         key["saturation_tol"] = saturation_tol
     path = Path(cache_dir) / "rankings" / f"{cache_key(key)}.json" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        return Ranking.from_dict(load_json(path)), True
+    cached = read_cache(path, Ranking.from_dict, "cached ranking")
+    if cached is not None:
+        return cached, True
     feats = acts.features
     res = rank_channels(feats[layer], acts.labels, inputs=acts.inputs,
                         condition=[feats[l][:, sorted(k)] for l, k in cond], alpha=alpha, sigma=sigma,
@@ -104,8 +105,9 @@ class _Planner:
         key = {"model": self.acts.model, "images": self.eval_name,
                "kept": sorted([l, sorted(k)] for l, k in applied.items())}
         path = Path(self.cache_dir) / "scores" / f"{cache_key(key)}.json" if self.cache_dir is not None else None
-        if path is not None and path.is_file():
-            return load_json(path)["accuracy"]
+        cached = read_cache(path, lambda d: float(d["accuracy"]), "cached score")
+        if cached is not None:
+            return cached
         acc = evaluate(mask_model(self.model, applied), self.eval_x, self.eval_y, self.ds,
                        device=self.device)["accuracy"]
         if path is not None:
@@ -217,8 +219,8 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
                      if cache_dir is not None else None)
     fresh = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, settings.to_dict(), [])
     current = fresh
-    if progress_path is not None and progress_path.is_file():
-        saved = Plan.load(progress_path)
+    saved = read_cache(progress_path, Plan.from_dict, "saved plan")
+    if saved is not None:
         if saved.model == fresh.model and saved.settings == fresh.settings and saved.widths == fresh.widths:
             if saved.complete:
                 return saved, True

@@ -10,11 +10,13 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from .errors import CacheCorrupt
 from .paths import artifacts_root
 
 #: Part of every cache key: bump it when a code change alters what a cached stage would compute.
@@ -46,8 +48,41 @@ def save_json(obj: Any, path: Path) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
-def load_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def load_json(path: Path, what: str = "file") -> Any:
+    """The JSON in ``path``; a file that does not parse is a :class:`CacheCorrupt` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheCorrupt(f"{what} {str(path)!r} is corrupt ({type(e).__name__}: {e}); "
+                           f"delete it to recompute") from None
+
+
+def read_cache(path: Path | None, parse: Callable[[Any], Any] = lambda d: d, what: str = "cached file") -> Any:
+    """``parse(json)`` of the cached result at ``path``, or None when there is none to use: the file
+    is missing, or corrupt (not JSON, or ``parse`` fails on it). A corrupt file is moved aside to
+    ``<name>.corrupt`` (kept, never deleted) with a warning naming it, and the caller recomputes."""
+    if path is None or not Path(path).is_file():
+        return None
+    path = Path(path)
+    try:
+        return parse(json.loads(path.read_text()))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        bad = path.with_name(path.name + ".corrupt")
+        os.replace(path, bad)
+        warnings.warn(f"{what} {str(path)!r} is corrupt ({type(e).__name__}: {e}); moved aside to {bad.name}, "
+                      f"recomputing it", stacklevel=2)
+        return None
+
+
+def with_keys(*keys: str) -> Callable[[Any], dict]:
+    """A ``parse`` for :func:`read_cache`: the dict itself, a KeyError when it lacks one of ``keys``."""
+    def parse(d: Any) -> dict:
+        missing = [k for k in keys if k not in d]
+        if missing or not isinstance(d, dict):
+            raise KeyError(f"no {', '.join(missing) or 'dict'}")
+        return d
+    return parse
 
 
 def save_torch(obj: Any, path: Path) -> Path:
@@ -63,7 +98,7 @@ def load_torch(path: Path, what: str = "checkpoint") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
         first_line = (str(e).strip().splitlines() or [""])[0][:160]
-        raise RuntimeError(f"{what} {str(path)!r} is unreadable or corrupt ({type(e).__name__}: {first_line}); "
+        raise CacheCorrupt(f"{what} {str(path)!r} is unreadable or corrupt ({type(e).__name__}: {first_line}); "
                            f"delete it to recompute") from None
 
 

@@ -27,7 +27,7 @@ from .models import LAYER_NAMES
 from .planner import cached_ranking, plan
 from .plans import Plan, PlanSettings
 from .report import model_cost
-from .store import atomic_write_text, cache_key, load_json, save_json, stage_dir
+from .store import atomic_write_text, cache_key, read_cache, save_json, stage_dir, with_keys
 from .surgery import mask_model, remove_channels, save_pruned
 from .train import evaluate, fit, hardware_name, resolve_device, train_baseline
 
@@ -56,9 +56,9 @@ class SweepResult:
                  "whole sweep call": "total"}
         computed = dict(self.recorded)
         computed["baseline"] = self.baseline.get("train_seconds", computed.get("baseline"))
-        capture_record = self.folder / "capture.json"
-        if capture_record.is_file():
-            computed["capture"] = load_json(capture_record)["seconds"]
+        capture = read_cache(self.folder / "capture.json", lambda d: float(d["seconds"]), "capture record")
+        if capture is not None:
+            computed["capture"] = capture
         return [{"part": label, "seconds when computed": computed.get(key), "seconds this run": self.timings.get(key)}
                 for label, key in parts.items()]
 
@@ -104,8 +104,9 @@ def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, pr
     """Masked / removed / fine-tuned test accuracy and the removed model's cost, cached per plan;
     returns ``(row, computed)``, ``computed`` False when the row was loaded from the cache."""
     path = folder / "evals" / _finetune_key(cfg) / f"{p.name}.json"
-    if path.is_file():
-        return load_json(path), False
+    cached = read_cache(path, with_keys("acc_masked"), "cached plan evaluation")
+    if cached is not None:
+        return cached, False
     test = lambda m: evaluate(m, ds.test_x, ds.test_y, ds, device=device)["accuracy"]  # noqa: E731
     row = {"acc_masked": test(mask_model(base_model, p))}
     removed = remove_channels(base_model, p)
@@ -168,12 +169,14 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
     layer_rows: list[dict] = []
     timings.update({"ranking": 0.0, "cutoff": 0.0, "evaluation": 0.0, "finetune": 0.0, "plans_wall": 0.0})
     cost_path = folder / "evals" / "baseline_cost.json"
-    if not cost_path.is_file():
-        save_json(model_cost(base.model), cost_path)
+    cost = read_cache(cost_path, what="cached baseline cost")
+    if cost is None:
+        cost = model_cost(base.model)
+        save_json(cost, cost_path)
     baseline_row = {"plan": "baseline", "filters_kept": sum(acts.widths), "filters_total": sum(acts.widths),
                     "pruning_efficiency": 0.0, "acc_baseline": base.metrics["test_accuracy"],
                     "acc_masked": base.metrics["test_accuracy"], "acc_removed": base.metrics["test_accuracy"],
-                    **load_json(cost_path)}
+                    **cost}
     rows.append(baseline_row)
     specs = plan_names(cfg)
     computed = False
@@ -209,8 +212,9 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
     timings["total"] = time.perf_counter() - t_all
     _write_csv(rows, RESULT_COLUMNS, folder / "results.csv")
     _write_csv(layer_rows, LAYER_COLUMNS, folder / "layers.csv")
-    if computed or not (folder / "timings.json").is_file():
+    recorded = None if computed else read_cache(folder / "timings.json", lambda d: dict(d["timings"]), "timings record")
+    if recorded is None:
         save_json({"timings": timings, "device": str(device), "hardware": hardware_name(device),
                    "profile": cfg.profile, "dataset": cfg.data.name}, folder / "timings.json")
-    recorded = load_json(folder / "timings.json")["timings"]
+        recorded = timings
     return SweepResult(rows, layer_rows, plans, timings, folder, base.metrics, recorded)
