@@ -11,8 +11,10 @@ Each pipeline stage is cached under a hash of only the sections it depends on
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,10 +24,12 @@ import yaml
 from .cutoffs import FALLBACKS
 from .entropy import SIGMA_RULES
 from .errors import ConfigError
-from .paths import configs_dir
+from .paths import check_folders, configs_dir
 from .ranking import SATURATION_TOL
 
 DATASETS = ("cifar10", "fashion-mnist", "synthetic")
+#: Images in each dataset's (training, test) split, to check a config's sizes before any work starts.
+DATASET_SIZES = {"cifar10": (50000, 10000), "fashion-mnist": (60000, 10000), "synthetic": (2000, 500)}
 FORMULATIONS = ("per-layer", "compact", "full")
 CUTOFFS = ("scree", "xmeans", "ptest")
 DIRECTIONS = ("forward", "bidirectional")
@@ -99,7 +103,7 @@ class CMIConfig:
 
     def validate(self) -> None:
         _check(self.n_samples >= 2, "cmi.n_samples", f"must be >= 2, got {self.n_samples!r}")
-        _check(self.alpha > 0, "cmi.alpha", f"must be > 0, got {self.alpha!r}")
+        _check(self.alpha > 0 and math.isfinite(self.alpha), "cmi.alpha", f"must be a finite number > 0, got {self.alpha!r}")
         _check(self.sigma in SIGMA_RULES, "cmi.sigma", f"must be one of {SIGMA_RULES}, got {self.sigma!r}")
         _check(self.permutations >= 1, "cmi.permutations", f"must be >= 1, got {self.permutations!r}")
         _check(0 < self.eta < 1, "cmi.eta", f"must be in (0, 1), got {self.eta!r}")
@@ -197,11 +201,37 @@ class Config:
     controls: ControlsConfig = field(default_factory=ControlsConfig)
 
     def validate(self) -> "Config":
+        """Check every field and what the sections ask of each other; return the config, with a
+        subset larger than its split clamped to the split (with a warning)."""
         _check(self.device in DEVICES or self.device.startswith("cuda:"), "device",
                f"must be one of {DEVICES} or 'cuda:N', got {self.device!r}")
+        if self.device.startswith("cuda"):
+            import torch
+            _check(torch.cuda.is_available(), "device", f"is {self.device!r} but CUDA is not available on this "
+                                                        f"machine; use device=auto or device=cpu")
         for name in SECTIONS:
             getattr(self, name).validate()
-        return self
+        return self._check_sizes()
+
+    def _check_sizes(self) -> "Config":
+        d = self.data
+        n_train, n_test = DATASET_SIZES[d.name]
+        _check(d.val_size < n_train, "data.val_size", f"is {d.val_size}, which leaves no training images "
+                                                      f"({d.name} has {n_train})")
+        available = n_train - d.val_size
+        clamped = {}
+        for key, n, where in (("train_subset", available, f"training images left after val_size={d.val_size}"),
+                              ("test_subset", n_test, "test images")):
+            v = getattr(d, key)
+            if v is not None and v > n:
+                warnings.warn(f"data.{key}={v} is more than the {n} {where} of {d.name}: using {n}", stacklevel=4)
+                clamped[key] = n
+        cfg = dataclasses.replace(self, data=dataclasses.replace(d, **clamped)) if clamped else self
+        n_used = cfg.data.train_subset or available
+        _check(self.cmi.n_samples <= n_used, "cmi.n_samples",
+               f"is {self.cmi.n_samples}, more than the {n_used} training images this config uses "
+               f"({d.name}, val_size={d.val_size}, train_subset={cfg.data.train_subset})")
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,6 +289,7 @@ def load_config(profile: str = "smoke", overrides: Mapping[str, Any] | Sequence[
         raise ConfigError(f"profile {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
+    check_folders()
     flat: dict[str, Any] = {"profile": raw.pop("profile", path.stem)}
     for key, value in raw.items():
         if key in SECTIONS:
@@ -354,8 +385,12 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Sequence[str] | 
     changes = _parse_overrides(overrides)
     top: dict[str, Any] = {}
     per_section: dict[str, dict[str, Any]] = {}
+    spelled: dict[str, str] = {}
     for raw_key, value in changes.items():
         key = _resolve_key(raw_key)
+        if key in spelled:
+            raise ConfigError(f"{spelled[key]!r} and {raw_key!r} both set {key}; give it once")
+        spelled[key] = raw_key
         if key in TOP_LEVEL:
             top[key] = _coerce(key, value, typing.get_type_hints(Config)[key])
         else:

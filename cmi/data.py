@@ -6,8 +6,8 @@ only when a batch is normalised). Nothing runs per image: cropping, flipping and
 work on whole batches, on whatever device the batch lives on.
 
 - ``cifar10``: torchvision's archive in ``<data root>/`` (``CMI_DATA``), downloaded when missing.
-- ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` files when installed, else torchvision's
-  download into ``<data root>/FashionMNIST``.
+- ``fashion-mnist``: the files in ``<data root>/FashionMNIST/raw/`` when ``CMI_DATA`` is set, else
+  Debian's ``dataset-fashion-mnist`` files when installed, else torchvision's download there.
 - ``synthetic``: a small CIFAR-shaped dataset with learnable class structure, for tests.
 """
 from __future__ import annotations
@@ -126,8 +126,10 @@ def load_dataset(cfg: Config | DataConfig, seed: int | None = None, root: Path |
         data_cfg, seed = cfg.data, cfg.seed if seed is None else seed
     else:
         data_cfg, seed = cfg, 0 if seed is None else seed
+    explicit = root is not None or "CMI_DATA" in os.environ
     root = Path(root) if root is not None else data_root()
-    loaders = {"cifar10": load_cifar10, "fashion-mnist": load_fashion_mnist, "synthetic": make_synthetic}
+    loaders = {"cifar10": load_cifar10, "fashion-mnist": lambda r: load_fashion_mnist(r, explicit),
+               "synthetic": make_synthetic}
     train_x, train_y, test_x, test_y, classes = loaders[data_cfg.name](root)
 
     g = torch.Generator().manual_seed(seed)
@@ -233,27 +235,51 @@ def _read_idx(path: Path) -> np.ndarray:
             raise ValueError(f"element type 0x{raw[2]:02x} is not uint8")
         return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
     except Exception as e:  # noqa: BLE001
-        raise DatasetUnavailable(f"{path} is not a readable IDX file ({type(e).__name__}: {e})") from None
+        raise DatasetUnavailable(f"{path} is not a readable IDX file ({type(e).__name__}: {e}). "
+                                 f"Replace it with the original file (or delete it to download it again).") from None
 
 
-def load_fashion_mnist(root: Path):
-    """Fashion-MNIST padded to 32x32: Debian's files when installed, else torchvision's download."""
-    if all((DEBIAN_FASHION_MNIST / f).is_file() for pair in FASHION_FILES.values() for f in pair):
-        arrays = {split: (_read_idx(DEBIAN_FASHION_MNIST / xi), _read_idx(DEBIAN_FASHION_MNIST / yi))
-                  for split, (xi, yi) in FASHION_FILES.items()}
-        xs = {s: torch.from_numpy(x.copy()) for s, (x, _) in arrays.items()}
-        ys = {s: torch.from_numpy(y.astype(np.int64)) for s, (_, y) in arrays.items()}
-    else:
-        xs, ys = {}, {}
-        for split, train in (("train", True), ("test", False)):
-            try:
-                ds = FashionMNIST(str(root), train=train, download=True)
-            except Exception as e:  # noqa: BLE001
-                raise DatasetUnavailable(
-                    f"Fashion-MNIST is not installed and could not be downloaded ({type(e).__name__}: {e}). "
-                    f"Install Debian's package (apt-get install dataset-fashion-mnist, files in "
-                    f"{DEBIAN_FASHION_MNIST}) or put the four *-ubyte.gz files in {root}/FashionMNIST/raw/.") from None
-            xs[split], ys[split] = ds.data, ds.targets.long()
+def _fashion_files(folder: Path) -> dict[str, tuple[Path, Path]] | None:
+    """The four IDX files in ``folder`` (each gzip-compressed or not), or None when one is missing."""
+    found = {}
+    for split, pair in FASHION_FILES.items():
+        paths = [folder / f if (folder / f).is_file() else folder / f.removesuffix(".gz") for f in pair]
+        if not all(p.is_file() for p in paths):
+            return None
+        found[split] = tuple(paths)
+    return found
+
+
+def load_fashion_mnist(root: Path, explicit: bool | None = None):
+    """Fashion-MNIST padded to 32x32, from the first place that has all four files: an explicit data
+    root (``CMI_DATA``, or ``root`` given to :func:`load_dataset`: ``<root>/FashionMNIST/raw/``),
+    Debian's ``dataset-fashion-mnist``, the default data root; else torchvision's download into
+    ``<root>/FashionMNIST/raw/``. ``explicit`` (default: whether ``CMI_DATA`` is set) puts the data
+    root before Debian's copy. A file that is there but unreadable is an error naming it."""
+    root = Path(root)
+    raw = root / "FashionMNIST" / "raw"
+    explicit = "CMI_DATA" in os.environ if explicit is None else explicit
+    places = [raw, DEBIAN_FASHION_MNIST] if explicit else [DEBIAN_FASHION_MNIST, raw]
+    files = next((f for f in map(_fashion_files, places) if f is not None), None)
+    if files is None:
+        try:
+            for train in (True, False):
+                FashionMNIST(str(root), train=train, download=True)
+        except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP errors all mean the same here
+            raise DatasetUnavailable(
+                f"Fashion-MNIST is not installed and could not be downloaded ({type(e).__name__}: {e}). "
+                f"Install Debian's package (apt-get install dataset-fashion-mnist, files in "
+                f"{DEBIAN_FASHION_MNIST}) or put the four *-ubyte.gz files in {raw}/.") from None
+        files = _fashion_files(raw)
+        if files is None:
+            raise DatasetUnavailable(f"torchvision's Fashion-MNIST download left no IDX files in {raw}/")
+    xs, ys = {}, {}
+    for split, (xi, yi) in files.items():
+        x, y = _read_idx(xi), _read_idx(yi)
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
+            raise DatasetUnavailable(f"{xi} and {yi} hold images of shape {x.shape} and labels of shape {y.shape}; "
+                                     f"expected (n, 28, 28) and (n,). Replace them with the original files.")
+        xs[split], ys[split] = torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
     pad = lambda x: F.pad(x[:, None], (2, 2, 2, 2))  # noqa: E731 - (n, 28, 28) -> (n, 1, 32, 32)
     return pad(xs["train"]), ys["train"], pad(xs["test"]), ys["test"], list(FashionMNIST.classes)
 

@@ -28,3 +28,13 @@ def data_root() -> Path:
 
 def artifacts_root() -> Path:
     return Path(os.environ.get("CMI_ARTIFACTS", project_root() / "artifacts"))
+
+
+def check_folders() -> None:
+    """One clear error when ``CMI_DATA`` or ``CMI_ARTIFACTS`` names something that is not a folder
+    (a missing folder is fine: it is created when first written)."""
+    from .errors import ConfigError
+    for var, path in (("CMI_DATA", data_root()), ("CMI_ARTIFACTS", artifacts_root())):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{var}={str(path)!r} is a file, not a folder; point it at a folder "
+                              f"(or unset it to use {project_root() / var.removeprefix('CMI_').lower()})")

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -16,7 +17,7 @@ def test_profiles_exist_and_resolve():
 
 
 def test_overrides_dotted_bare_alias_and_strings():
-    cfg = load_config("quick", ["train.epochs=3", "width=0.5", "dataset=synthetic", "test_subset=null"])
+    cfg = load_config("quick", ["train.epochs=3", "width=0.5", "dataset=synthetic", "test_subset=null", "val_size=500"])
     assert (cfg.train.epochs, cfg.model.width, cfg.data.name, cfg.data.test_subset) == (3, 0.5, "synthetic", None)
     cfg2 = load_config("quick", {"lr": 1, "nesterov": False, "seed": 3})
     assert cfg2.train.lr == 1.0 and isinstance(cfg2.train.lr, float)
@@ -86,7 +87,7 @@ def test_yaml_round_trip(tmp_path):
 
 def test_command_line_takes_overrides_after_options(capsys):
     from cmi.__main__ import main
-    assert main(["config", "--profile", "quick", "dataset=synthetic", "train.epochs=2"]) == 0
+    assert main(["config", "--profile", "quick", "dataset=synthetic", "val_size=500", "train.epochs=2"]) == 0
     text = capsys.readouterr().out
     assert "name: synthetic" in text and "epochs: 2" in text
     assert main(["config", "--profile", "quick", "epochs=many"]) == 2
@@ -101,3 +102,41 @@ def test_notebook_overrides_as_one_string_equal_the_dict():
     cfg_d, out_d = start_notebook("smoke", overrides={"train.epochs": 3, "cmi.n_samples": 32}, notebook="t")
     assert cfg_s == cfg_d and cfg_s.train.epochs == 3 and cfg_s.cmi.n_samples == 32
     assert out_s.folder == out_d.folder != start_notebook("smoke", notebook="t")[1].folder
+
+
+# ----------------------------------------------------------------------------- checked before any work starts
+@pytest.mark.parametrize("override, needle", [
+    ({"alpha": float("inf")}, "cmi.alpha must be a finite number > 0, got inf"),
+    (["alpha=.nan"], "cmi.alpha must be a finite number > 0, got nan"),
+    ({"dataset": "synthetic", "val_size": 500, "train_subset": None, "n_samples": 1600},
+     "cmi.n_samples is 1600, more than the 1500 training images this config uses"),
+    ({"train_subset": 100, "n_samples": 128}, "cmi.n_samples is 128, more than the 100 training images"),
+    ({"dataset": "fashion-mnist", "data.name": "cifar10"}, "'dataset' and 'data.name' both set data.name"),
+])
+def test_sizes_and_spellings_checked_when_resolved(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config("smoke", override)
+
+
+def test_subset_larger_than_the_split_is_clamped_with_a_warning():
+    with pytest.warns(UserWarning, match=r"data.train_subset=9999 is more than the 1488 training images left after "
+                                         r"val_size=512 of synthetic: using 1488"):
+        cfg = load_config("smoke", {"dataset": "synthetic", "train_subset": 9999, "val_size": 512})
+    assert cfg.data.train_subset == 1488
+    with pytest.warns(UserWarning, match="data.test_subset=600 is more than the 500 test images of synthetic"):
+        assert load_config("smoke", {"dataset": "synthetic", "test_subset": 600}).data.test_subset == 500
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused_when_resolved():
+    with pytest.raises(ConfigError, match="device is 'cuda' but CUDA is not available on this machine"):
+        load_config("smoke", {"device": "cuda"})
+
+
+@pytest.mark.parametrize("var", ["CMI_DATA", "CMI_ARTIFACTS"])
+def test_env_folder_that_is_a_file(var, tmp_path, monkeypatch):
+    f = tmp_path / "a-file"
+    f.write_text("")
+    monkeypatch.setenv(var, str(f))
+    with pytest.raises(ConfigError, match=f"{var}='.*a-file' is a file, not a folder"):
+        load_config("smoke")

@@ -1,3 +1,4 @@
+import gzip
 import hashlib
 import pickle
 import tarfile
@@ -10,7 +11,7 @@ import torch
 from cmi import data
 from cmi.config import load_config
 from cmi.data import crop_flip, load_cifar10, load_dataset, normalize
-from cmi.errors import DatasetUnavailable
+from cmi.errors import ConfigError, DatasetUnavailable
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -66,8 +67,19 @@ def test_synthetic_is_deterministic_and_split_disjoint():
 
 
 def test_val_size_too_large():
-    with pytest.raises(DatasetUnavailable, match="val_size=5000 leaves no training images"):
-        load_dataset(load_config("smoke", {"dataset": "synthetic", "val_size": 5000}))
+    with pytest.raises(ConfigError, match="data.val_size is 5000, which leaves no training images"):
+        load_config("smoke", {"dataset": "synthetic", "val_size": 5000})
+
+
+def test_dataset_sizes_match_the_loaders():
+    """config.DATASET_SIZES, which checks sizes before any work starts, is what the loaders load."""
+    from cmi.config import DATASET_SIZES
+    tx, ty, sx, sy, _ = data.make_synthetic()
+    assert DATASET_SIZES["synthetic"] == (len(ty), len(sy))
+    if data.DEBIAN_FASHION_MNIST.is_dir():
+        tx, ty, sx, sy, _ = data.load_fashion_mnist(Path("/nonexistent"), explicit=False)
+        assert DATASET_SIZES["fashion-mnist"] == (len(ty), len(sy))
+    assert DATASET_SIZES["cifar10"] == (5 * 10000, 10000)      # torchvision: five training batches of 10000
 
 
 @pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
@@ -154,3 +166,46 @@ def test_cifar10_offline_message(tmp_path, monkeypatch, capsys):
     assert main(["data", "--profile", "paper"]) == 2
     err_text = capsys.readouterr().err
     assert err_text.startswith("error: CIFAR-10 is not in") and "Traceback" not in err_text
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST from CMI_DATA
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file as MNIST ships it: 0, 0, type 0x08 (uint8), ndim, big-endian dims, then the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion_fixture(root: Path, n: int = 20) -> dict:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    truth = {}
+    for split, (xi, yi) in data.FASHION_FILES.items():
+        x, y = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
+        write_idx(raw / xi, x)
+        write_idx(raw / yi.removesuffix(".gz"), y)       # torchvision also leaves uncompressed copies
+        truth[split] = (x, y)
+    return truth
+
+
+def test_fashion_mnist_explicit_cmi_data_wins(tmp_path, monkeypatch):
+    """A user's own copy under CMI_DATA is read even when Debian's package is installed."""
+    truth = write_fashion_fixture(tmp_path)
+    monkeypatch.setenv("CMI_DATA", str(tmp_path))
+    ds = load_dataset(load_config("smoke", {"dataset": "fashion-mnist", "val_size": 5, "train_subset": None,
+                                            "test_subset": None}))
+    assert len(ds.train_y) + len(ds.val_y) == 20 and len(ds.test_y) == 20
+    assert torch.equal(ds.test_x[:, 0, 2:30, 2:30], torch.from_numpy(truth["test"][0].astype(np.uint8)))
+    assert ds.test_y.tolist() == truth["test"][1].tolist()
+
+
+def test_fashion_mnist_corrupt_idx_names_the_file(tmp_path, monkeypatch):
+    write_fashion_fixture(tmp_path)
+    bad = tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:40])                 # a truncated download
+    monkeypatch.setenv("CMI_DATA", str(tmp_path))
+    with pytest.raises(DatasetUnavailable, match=r"t10k-images-idx3-ubyte\.gz is not a readable IDX file .*"
+                                                 r"Replace it with the original file"):
+        load_dataset(load_config("smoke", {"dataset": "fashion-mnist", "val_size": 5}))
