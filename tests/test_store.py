@@ -73,14 +73,15 @@ def test_cli_names_a_corrupt_baseline_file():
     from cmi.config import load_config
     from cmi.train import baseline_dir
 
-    run_dir = baseline_dir(load_config("smoke", {"dataset": "synthetic"}))
+    args = ["dataset=synthetic", "train_subset=256", "test_subset=128"]
+    run_dir = baseline_dir(load_config("smoke", args))
     run_dir.mkdir(parents=True)
     (run_dir / "model.pt").write_bytes(b"not a model")
     (run_dir / "metrics.json").write_text("{")
-    r = subprocess.run([sys.executable, "-m", "cmi", "train", "dataset=synthetic"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "cmi", "train", *args], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: baseline metrics") and "metrics.json' is corrupt" in r.stderr
     assert "Traceback" not in r.stderr
     (run_dir / "metrics.json").write_text('{"metrics": {}, "history": []}')
-    r = subprocess.run([sys.executable, "-m", "cmi", "train", "dataset=synthetic"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "cmi", "train", *args], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: model file") and "corrupt" in r.stderr, r.stderr
