@@ -25,7 +25,9 @@ How the engine reaches the cost floor of one eigendecomposition per candidate en
 from __future__ import annotations
 
 import math
+import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -43,6 +45,11 @@ Tensor = torch.Tensor
 #: this point keeps no more accurate filters than the tail rule or a random choice, while each
 #: further pick costs 2(C - t) eigendecompositions. 0 runs the exact full greedy ranking.
 SATURATION_TOL = 1e-3
+
+#: A Gram matrix whose off-diagonal entries are all within this of 0 is numerically the identity
+#: (every sample its own point at this σ: entropy log N); within this of 1, all ones (a constant
+#: channel: entropy 0). A layer whose every Gram is one or the other carries no information.
+DEGENERATE_TOL = 1e-12
 
 #: How the channels left after a saturation stop are ordered (not chosen by CMI).
 TAIL_RULE = "I(Y; channel) alone, descending, rounded to 1e-10 nats; ties by channel index"
@@ -103,7 +110,13 @@ def _as_4d(name: str, x, n: int | None) -> Tensor:
     return x
 
 
-def _check_inputs(features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol=0.0):
+def _check_inputs(features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol=0.0,
+                  dtype=torch.float64, chunk=None):
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float64 (the default) or torch.float32, got {dtype!r}: "
+                         f"eigendecompositions need at least single precision")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be None or a positive int (candidates per batch), got {chunk!r}")
     features = _as_4d("features", features, None)
     n, c = features.shape[:2]
     if n < 2:
@@ -154,6 +167,15 @@ def _channel_grams(x: Tensor, rule, dtype) -> tuple[Tensor, list[float]]:
         sig = [kernel_width(rule, n, flat.shape[-1])] * c
     s2 = torch.tensor(sig, dtype=dtype, device=x.device).view(c, 1, 1) ** 2
     return d.div_(-2 * s2).exp_(), sig
+
+
+def _degenerate_grams(k: Tensor) -> tuple[int, int]:
+    """How many of the unit-diagonal Gram matrices ``k`` (C, N, N) are numerically the identity and
+    how many all ones (:data:`DEGENERATE_TOL`); reductions only, no copy of ``k``."""
+    n = k.shape[-1]
+    identity = (k.sum((1, 2)) - n) <= DEGENERATE_TOL * n * (n - 1)      # entries are >= 0
+    ones = k.amin((1, 2)) >= 1 - DEGENERATE_TOL
+    return int(identity.sum()), int(ones.sum())
 
 
 def _variable_gram(x: Tensor, rule, d_sigma: int, dtype) -> tuple[Tensor, float]:
@@ -229,13 +251,21 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
     if saturation_tol is None:
         saturation_tol = 0.0 if permutation is not None else SATURATION_TOL
     features, labels, inputs, condition, k = _check_inputs(
-        features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol)
+        features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol, dtype, chunk)
     dev = resolve_device(device)
     n, c = features.shape[:2]
     chunk = chunk or _default_chunk(n)
     ent = _Entropy(float(alpha), chunk)
 
     k_feat, sig_feat = _channel_grams(features.to(dev), sigma, dtype)           # (C, N, N)
+    n_identity, n_ones = _degenerate_grams(k_feat)
+    if n_identity + n_ones == c:
+        warnings.warn(
+            f"{desc}: the Gram matrices of all {c} channels are numerically the identity ({n_identity}) or all "
+            f"ones ({n_ones}) at σ rule {sigma!r} (σ = {statistics.median(sig_feat):.3g}, maps "
+            f"{features.shape[2]}x{features.shape[3]}, N = {n}): every entropy is log N or 0, so the CMI is 0 "
+            f"and the order is the channel index. Use a kernel width on the features' scale (sigma='median') "
+            f"or rescale the features.", stacklevel=2)
     onehot = torch.nn.functional.one_hot(labels.to(dev).long(), k).to(dtype)
     k_y, sig_y = _variable_gram(onehot, sigma, k, dtype)
     k_z = torch.ones(n, n, dtype=dtype, device=dev)                            # Gram of Z (empty: ones)
@@ -334,6 +364,7 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
                    seconds=time.perf_counter() - t0, entropies=ent.count, device=str(dev), stopped=stopped,
                    info={"mi_labels_all": mi_all, "n_samples": n, "num_classes": k,
                          "saturation_tol": float(saturation_tol),
+                         "degenerate_grams": {"identity": n_identity, "ones": n_ones, "channels": c},
                          **({"tail_rule": TAIL_RULE} if saturated_at is not None else {})},
                    saturated_at=saturated_at)
 

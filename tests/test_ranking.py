@@ -136,6 +136,9 @@ def test_degenerate_inputs_give_finite_deterministic_results():
     (dict(saturation_tol=-1e-3), r"saturation_tol must be a number in \[0, 1\)"),
     (dict(saturation_tol=1.0), "saturation_tol must be"),
     (dict(permutation=(5, 0.05), saturation_tol=1e-3), "saturation_tol must be 0 with a permutation test"),
+    (dict(dtype=torch.float16), "dtype must be torch.float64 .* or torch.float32, got torch.float16"),
+    (dict(chunk=-1), "chunk must be None or a positive int"),
+    (dict(chunk=2.5), "chunk must be None or a positive int"),
 ])
 def test_bad_input_is_one_clear_value_error(kwargs, needle):
     args = dict(features=torch.rand(8, 3, 2, 2), labels=torch.arange(8) % 2, num_classes=10)
@@ -247,3 +250,21 @@ def test_cmi_curves_shade_the_tail_and_keep_one_legend_for_cuts_and_tail():
     assert len(shaded) == 1 and not fig.axes[1].patches       # only the stopped ranking has a tail
     x0 = shaded[0].get_x()
     assert x0 == stopped.saturated_at + 0.5
+
+
+@pytest.mark.parametrize("scale, sigma", [(1e30, "paper"), (1.0, 1e-6)])
+def test_a_saturated_estimator_is_said_and_recorded(scale, sigma):
+    """Features far wider than the kernel (or a kernel far narrower than the features) make every
+    Gram matrix the identity, dead channels all ones: the ranking says so and records the counts."""
+    import warnings
+
+    feats, y, _, _ = planted()
+    with pytest.warns(UserWarning, match=r"conv-x: the Gram matrices of all 8 channels are numerically the "
+                                         r"identity \(7\) or all ones \(1\) at σ rule .*maps 3x3, N = 48"):
+        r = rank_channels(feats * scale, y, sigma=sigma, desc="conv-x")
+    assert r.info["degenerate_grams"] == {"identity": 7, "ones": 1, "channels": 8}
+    assert max(abs(v) for v in r.cmi) < 1e-9                     # what the warning explains
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                            # the planted maps are not saturated
+        ok = rank_channels(feats, y)
+    assert ok.info["degenerate_grams"] == {"identity": 0, "ones": 1, "channels": 8}     # the dead channel
