@@ -318,6 +318,9 @@ def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> dic
         return dict(overrides)
     if isinstance(overrides, str):
         overrides = [overrides]
+    if not isinstance(overrides, (list, tuple)):
+        raise ConfigError(f"overrides must be a mapping {{key: value}} or a list of 'key=value' strings, got "
+                          f"{type(overrides).__name__} {overrides!r}")
     out: dict[str, Any] = {}
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:

@@ -159,7 +159,7 @@ def start_notebook(profile: str, dataset: str | None = None, overrides: dict | s
     os.environ.setdefault("TQDM_MININTERVAL", "2")   # executed notebooks keep a short progress log
     if isinstance(overrides, str):   # `make reproduce SET="train.epochs=3 width=0.5"`
         overrides = _parse_overrides(overrides.split())
-    over = dict(overrides or {})
+    over = _parse_overrides(overrides)      # `papermill -p overrides 3` is one clear ConfigError
     if dataset:
         over["dataset"] = dataset
     cfg = load_config(profile, over)

@@ -1,18 +1,21 @@
 """Applying kept channels to a network: mask (the paper's way), remove (Torch-Pruning), recalibrate BN,
 save and load the smaller network.
 
-``kept`` is a :class:`cmi.plans.Plan` made for this network's widths, or ``{layer index: kept
-channel indices}`` (layers not named stay whole).
+``kept`` is a :class:`cmi.plans.Plan` made for this network, or ``{layer: kept channel indices}``
+(layers not named stay whole): a layer is its index or its name (``"conv3_1"``), the indices a list,
+tuple, 1-D integer tensor or array.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from .activations import check_vgg
+from .activations import check_vgg, model_fingerprint
 from .cutoffs import check_keep
 from .models import LAYER_NAMES, VGG16, build_model
 from .plans import Plan
@@ -24,6 +27,36 @@ def check_plan_for_model(plan: Plan, model: VGG16) -> None:
     if widths != plan.widths:
         raise ValueError(f"the plan {plan.name} is for layer widths {plan.widths}, but the model has {widths} "
                          f"(a plan for another width or an already pruned model?)")
+    fingerprint = model_fingerprint(model)
+    if plan.model != fingerprint:
+        warnings.warn(f"the plan {plan.name} was made for network {plan.model}, not this one ({fingerprint}): "
+                      f"its rankings and cuts describe the other network's filters", stacklevel=3)
+
+
+def _layer_index(layer) -> int:
+    if isinstance(layer, str):
+        if layer in LAYER_NAMES:
+            return LAYER_NAMES.index(layer)
+        if layer.strip().isdigit():
+            return int(layer)
+        raise ValueError(f"unknown layer {layer!r}: use an index 0..{len(LAYER_NAMES) - 1} or a name in {LAYER_NAMES}")
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        return int(layer)
+    raise ValueError(f"a layer must be an int index or a name like 'conv3_1', got {type(layer).__name__} {layer!r}")
+
+
+def _indices(name: str, idx) -> list[int]:
+    if isinstance(idx, (torch.Tensor, np.ndarray)):
+        dtype_ok = not (idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool) \
+            if isinstance(idx, torch.Tensor) else np.issubdtype(idx.dtype, np.integer)
+        if idx.ndim != 1 or not dtype_ok:
+            raise ValueError(f"{name}: kept channels must be a 1-D integer tensor or array, got shape "
+                             f"{tuple(idx.shape)} of {idx.dtype}")
+        return [int(i) for i in idx.tolist()]
+    if isinstance(idx, (list, tuple, range)) and all(
+            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in idx):
+        return [int(i) for i in idx]
+    raise ValueError(f"{name}: kept channels must be a list of int indices, got {type(idx).__name__} {idx!r}"[:200])
 
 
 def kept_per_layer(model: VGG16, kept: "Plan | dict[int, list[int]]") -> tuple[dict[int, list[int]], list[int]]:
@@ -32,6 +65,15 @@ def kept_per_layer(model: VGG16, kept: "Plan | dict[int, list[int]]") -> tuple[d
         check_plan_for_model(kept, model)
         kept = kept.kept_channels()
     widths = [c.out_channels for c in check_vgg(model).convs()]
+    if not isinstance(kept, dict):
+        raise ValueError(f"kept must be a Plan or a dict {{layer: kept channel indices}}, got {type(kept).__name__}")
+    normal: dict[int, list[int]] = {}
+    for layer, idx in kept.items():
+        i = _layer_index(layer)
+        if i in normal:
+            raise ValueError(f"layer {layer!r} is given twice (by name and by index)")
+        normal[i] = _indices(LAYER_NAMES[i] if 0 <= i < len(LAYER_NAMES) else f"layer {i}", idx)
+    kept = normal
     for layer, idx in kept.items():
         name = LAYER_NAMES[layer] if 0 <= layer < len(LAYER_NAMES) else f"layer {layer}"
         if not 0 <= layer < len(widths):
@@ -107,6 +149,10 @@ def save_pruned(model: VGG16, path: Path) -> None:
 
 def load_pruned(path: Path) -> VGG16:
     blob = load_torch(path, what="pruned model file")
+    if not (isinstance(blob, dict) and {"spec", "kept", "state_dict"} <= blob.keys()):
+        raise ValueError(f"{str(path)!r} is not a pruned model file (save_pruned writes spec, kept and state_dict; "
+                         f"it holds {sorted(blob) if isinstance(blob, dict) else type(blob).__name__}); "
+                         f"a baseline model.pt loads with cmi.train.load_model")
     base = build_model(**blob["spec"])
     model = remove_channels(base, {int(k): v for k, v in blob["kept"].items()})
     model.load_state_dict(blob["state_dict"])

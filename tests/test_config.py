@@ -140,3 +140,11 @@ def test_env_folder_that_is_a_file(var, tmp_path, monkeypatch):
     monkeypatch.setenv(var, str(f))
     with pytest.raises(ConfigError, match=f"{var}='.*a-file' is a file, not a folder"):
         load_config("smoke")
+
+
+def test_overrides_of_the_wrong_kind_are_one_error():
+    """``papermill -p overrides 3`` hands the notebooks an int."""
+    from cmi.outputs import start_notebook
+    with pytest.raises(ConfigError, match="overrides must be a mapping {key: value} or a list of 'key=value' "
+                                          "strings, got int 3"):
+        start_notebook("smoke", None, 3)

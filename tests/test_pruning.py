@@ -265,3 +265,38 @@ def test_sweep_tables_and_a_cached_rerun(tiny_cfg):
     assert parts["fine-tuning"]["seconds when computed"] == first.timings["finetune"] > 0
     assert parts["fine-tuning"]["seconds this run"] == 0
     assert parts["activation capture"]["seconds when computed"] > 0
+
+
+def test_kept_accepts_the_obvious_forms_and_rejects_the_rest(tmp_path):
+    model = VGG16(width=0.125, head="linear")
+    ref = mask_model(model, {0: [0, 1], 1: [2, 3], 2: [0]})
+    same = mask_model(model, {0: torch.tensor([0, 1]), "conv1_2": np.array([2, 3]), "2": (0,)})
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), same.state_dict().values()))
+    for kept, needle in (({0: torch.tensor([0.5])}, "conv1_1: kept channels must be a 1-D integer tensor"),
+                         ({0: np.zeros((2, 2), dtype=int)}, "1-D integer tensor or array, got shape"),
+                         ({0: "01"}, "conv1_1: kept channels must be a list of int indices, got str"),
+                         ({0: [0.0]}, "must be a list of int indices"),
+                         ({"conv9_9": [0]}, "unknown layer 'conv9_9'"),
+                         ({1.0: [0]}, "a layer must be an int index or a name"),
+                         ({0: [0], "conv1_1": [1]}, "layer 'conv1_1' is given twice"),
+                         ([0, 1], "kept must be a Plan or a dict")):
+        with pytest.raises(ValueError, match=needle):
+            mask_model(model, kept)
+    torch.save({"spec": {"num_classes": 10, "width": 0.125, "head": "linear"}, "state_dict": model.state_dict()},
+               tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model\.pt' is not a pruned model file .*cmi\.train\.load_model"):
+        load_pruned(tmp_path / "model.pt")
+
+
+def test_a_plan_applied_to_another_network_of_the_same_widths_warns(trained):
+    import warnings
+
+    model, acts, ds = trained
+    p = plan(model, acts, cutoff="ptest", ds=ds, settings=SETTINGS, device="cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask_model(model, p)                                   # its own network: silent
+    torch.manual_seed(5)
+    other = build_model(num_classes=10, width=0.0625, head="linear")
+    with pytest.warns(UserWarning, match=f"plan {p.name} was made for network {p.model}, not this one"):
+        mask_model(other, p)
