@@ -71,7 +71,7 @@ def _run(args) -> int:
             cells = [f"{row.get(c):.4f}" if isinstance(row.get(c), float) else str(row.get(c)) for c in cols]
             print(" ".join(f"{v:>14s}" if i else f"{v:36s}" for i, v in enumerate(cells)))
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()))
-        print(f"tables: {res.folder / 'results.csv'}, {res.folder / 'layers.csv'}")
+        print(f"tables: {res.run / 'results.csv'}, {res.run / 'layers.csv'}")
     return 0
 
 

@@ -5,8 +5,10 @@
 Everything expensive is cached under ``<artifacts>/cmi/<hash>/`` (the hash covers data, model,
 training, seed and the number of CMI samples): ``activations.pt``, ``rankings/`` (shared by all
 plans), ``plans/`` (each plan, resumable), ``evals/`` (accuracy, cost and fine-tuned weights per
-plan) and the tables ``results.csv`` (one row per plan plus the baseline) and ``layers.csv``
-(kept filters per layer and plan, tidy).
+plan). The tables of one setting of the training, CMI and pruning sections go to
+``runs/<hash>/`` (:func:`run_dir`), so sweeps with other settings never overwrite each other's:
+``results.csv`` (one row per plan plus the baseline), ``layers.csv`` (kept filters per layer and
+plan, tidy), ``timings.json`` (the costs when computed) and ``config.yaml``.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import csv
 import dataclasses
 import io
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from tqdm import tqdm
 
 from .activations import Activations, capture
@@ -44,9 +48,10 @@ class SweepResult:
     layers: list[dict]
     plans: dict[str, Plan]
     timings: dict
-    folder: Path
+    folder: Path                                   #: the cache shared by every setting (sweep_dir)
     baseline: dict = field(default_factory=dict)
     recorded: dict = field(default_factory=dict)   #: timings.json: the costs when last computed
+    run: Path | None = None                        #: this setting's tables (run_dir)
 
     def timing_rows(self) -> list[dict]:
         """Seconds per part of the study, as computed (``recorded``) and in this call."""
@@ -65,6 +70,30 @@ class SweepResult:
 
 def sweep_dir(cfg: Config) -> Path:
     return stage_dir("cmi", cfg.digest("data", "model", "train", "cmi.n_samples"))
+
+
+def run_dir(cfg: Config) -> Path:
+    """Where the tables of ``cfg``'s sweep go: one folder per setting of the sections they depend
+    on (training, CMI, pruning) inside :func:`sweep_dir`."""
+    return sweep_dir(cfg) / "runs" / cfg.digest("train", "cmi", "prune")
+
+
+def _adopt_legacy_tables(cfg: Config, folder: Path, run: Path) -> None:
+    """Sweeps before :func:`run_dir` wrote their tables into the cache folder itself; move them
+    into this setting's folder when the config saved beside them is this one."""
+    legacy = folder / "config.yaml"
+    if (run / "timings.json").exists() or not (folder / "timings.json").is_file() or not legacy.is_file():
+        return
+    try:
+        old = yaml.safe_load(legacy.read_text())
+    except yaml.YAMLError:
+        return
+    new = yaml.safe_load(cfg.to_yaml())
+    if isinstance(old, dict) and all(old.get(k) == new[k] for k in ("seed", "train", "cmi", "prune")):
+        run.mkdir(parents=True, exist_ok=True)
+        for name in ("results.csv", "layers.csv", "timings.json"):
+            if (folder / name).is_file():
+                os.replace(folder / name, run / name)
 
 
 def plan_names(cfg: Config) -> list[tuple[str, str, str]]:
@@ -135,7 +164,8 @@ def prepare(cfg: Config, progress: bool = True, timings: dict | None = None):
     timings["baseline"] = time.perf_counter() - t0
     ds = load_dataset(cfg)
     folder = sweep_dir(cfg)
-    save_config(cfg, folder / "config.yaml")
+    _adopt_legacy_tables(cfg, folder, run_dir(cfg))
+    save_config(cfg, run_dir(cfg) / "config.yaml")
     t0 = time.perf_counter()
     acts, _ = load_or_capture(cfg, base.model, ds, folder, device)
     timings["capture"] = time.perf_counter() - t0
@@ -210,11 +240,12 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
                                "kept_fraction": counts[i] / c, "phase": d.phase if d else "",
                                "condition": " ".join(d.condition) if d else ""})
     timings["total"] = time.perf_counter() - t_all
-    _write_csv(rows, RESULT_COLUMNS, folder / "results.csv")
-    _write_csv(layer_rows, LAYER_COLUMNS, folder / "layers.csv")
-    recorded = None if computed else read_cache(folder / "timings.json", lambda d: dict(d["timings"]), "timings record")
+    run = run_dir(cfg)
+    _write_csv(rows, RESULT_COLUMNS, run / "results.csv")
+    _write_csv(layer_rows, LAYER_COLUMNS, run / "layers.csv")
+    recorded = None if computed else read_cache(run / "timings.json", lambda d: dict(d["timings"]), "timings record")
     if recorded is None:
         save_json({"timings": timings, "device": str(device), "hardware": hardware_name(device),
-                   "profile": cfg.profile, "dataset": cfg.data.name}, folder / "timings.json")
+                   "profile": cfg.profile, "dataset": cfg.data.name}, run / "timings.json")
         recorded = timings
-    return SweepResult(rows, layer_rows, plans, timings, folder, base.metrics, recorded)
+    return SweepResult(rows, layer_rows, plans, timings, folder, base.metrics, recorded, run)

@@ -253,14 +253,14 @@ def test_sweep_tables_and_a_cached_rerun(tiny_cfg):
     assert row["params"] < first.rows[0]["params"] and row["macs"] < first.rows[0]["macs"]
     assert all(0 <= row[k] <= 1 for k in ("acc_masked", "acc_removed", "acc_finetuned"))
     assert all(v >= 0 for v in first.timings.values()) and first.timings["finetune"] > 0
-    header = (first.folder / "results.csv").read_text().splitlines()[0]
+    header = (first.run / "results.csv").read_text().splitlines()[0]
     assert header == ",".join(RESULT_COLUMNS)
-    recorded = (first.folder / "timings.json").read_text()
+    recorded = (first.run / "timings.json").read_text()
 
     second = run_sweep(cfg, progress=False)
     assert second.rows == first.rows
     assert second.timings["finetune"] == 0 and second.timings["evaluation"] == 0
-    assert (first.folder / "timings.json").read_text() == recorded
+    assert (first.run / "timings.json").read_text() == recorded
     parts = {r["part"]: r for r in second.timing_rows()}
     assert parts["fine-tuning"]["seconds when computed"] == first.timings["finetune"] > 0
     assert parts["fine-tuning"]["seconds this run"] == 0
@@ -300,3 +300,39 @@ def test_a_plan_applied_to_another_network_of_the_same_widths_warns(trained):
     other = build_model(num_classes=10, width=0.0625, head="linear")
     with pytest.warns(UserWarning, match=f"plan {p.name} was made for network {p.model}, not this one"):
         mask_model(other, p)
+
+
+def test_sweeps_with_other_prune_settings_keep_their_own_tables(tiny_cfg):
+    """Two prune settings share the cache folder (activations, rankings) but never each other's
+    results.csv / layers.csv / timings.json / config.yaml."""
+    from dataclasses import replace
+
+    from cmi.sweep import run_sweep
+
+    a = replace(tiny_cfg, cmi=replace(tiny_cfg.cmi, n_samples=32),
+                prune=replace(tiny_cfg.prune, formulations=("per-layer",), cutoffs=("scree",), directions=("forward",)))
+    b = a.replace({"prune.cutoffs": ["xmeans"]})
+    ra = run_sweep(a, progress=False)
+    before = {f: (ra.run / f).read_text() for f in ("results.csv", "layers.csv", "timings.json", "config.yaml")}
+    rb = run_sweep(b, progress=False)
+    assert rb.folder == ra.folder and rb.run != ra.run
+    assert {f: (ra.run / f).read_text() for f in before} == before
+    assert "per-layer-xmeans-forward" in (rb.run / "results.csv").read_text()
+    assert "xmeans" not in before["results.csv"] and "- xmeans" in (rb.run / "config.yaml").read_text()
+
+
+def test_tables_of_a_sweep_before_run_folders_are_adopted_by_their_own_config(tiny_cfg, tmp_path):
+    from cmi.config import save_config
+    from cmi.sweep import _adopt_legacy_tables
+
+    folder, run = tmp_path / "cache", tmp_path / "cache" / "runs" / "x"
+    folder.mkdir()
+    save_config(tiny_cfg.replace({"prune.tolerance": 0.5}), folder / "config.yaml")
+    (folder / "timings.json").write_text('{"timings": {}}')
+    _adopt_legacy_tables(tiny_cfg, folder, run)              # another setting's tables: left where they are
+    assert (folder / "timings.json").is_file() and not run.exists()
+    save_config(tiny_cfg, folder / "config.yaml")
+    (folder / "results.csv").write_text("plan\n")
+    _adopt_legacy_tables(tiny_cfg, folder, run)
+    assert (run / "timings.json").is_file() and (run / "results.csv").read_text() == "plan\n"
+    assert not (folder / "timings.json").exists()

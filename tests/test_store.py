@@ -51,7 +51,7 @@ def test_sweep_recomputes_corrupt_cache_files(tiny_cfg):
     first = run_sweep(cfg, progress=False)
     folder = first.folder
     files = [next((folder / sub).rglob("*.json")) for sub in ("rankings", "scores", "plans", "evals")]
-    files += [folder / "timings.json", folder / "capture.json"]
+    files += [first.run / "timings.json", folder / "capture.json"]
     for f in files:
         f.write_text(f.read_text()[:7])
     with pytest.warns(UserWarning) as caught:
@@ -64,7 +64,7 @@ def test_sweep_recomputes_corrupt_cache_files(tiny_cfg):
     def strip(rows):            # timings and latencies are measured anew
         return [{k: v for k, v in r.items() if not ("seconds" in k or "latency" in k)} for r in rows]
     assert strip(second.rows) == strip(first.rows)
-    assert json.loads((folder / "timings.json").read_text())["timings"]
+    assert json.loads((first.run / "timings.json").read_text())["timings"]
 
 
 def test_cli_names_a_corrupt_baseline_file():
