@@ -36,7 +36,8 @@ from .surgery import mask_model, remove_channels, save_pruned
 from .train import evaluate, fit, hardware_name, resolve_device, train_baseline
 
 RESULT_COLUMNS = ["plan", "formulation", "cutoff", "direction", "filters_kept", "filters_total",
-                  "pruning_efficiency", "params", "macs", "latency_b1_ms", "latency_b256_ms", "acc_baseline",
+                  "pruning_efficiency", "params", "macs", "latency_b1_ms", "latency_b1_iqr_ms", "latency_b256_ms",
+                  "latency_b256_iqr_ms", "latency_threads", "acc_baseline",
                   "acc_masked", "acc_removed", "acc_finetuned", "plan_seconds", "finetune_seconds"]
 LAYER_COLUMNS = ["plan", "formulation", "cutoff", "direction", "layer", "name", "channels", "kept",
                  "kept_fraction", "phase", "condition"]
@@ -129,12 +130,19 @@ def _finetune_key(cfg: Config) -> str:
                      10)
 
 
+#: The newest key of :func:`cmi.report.model_cost`: a cached evaluation without it is re-costed.
+COST_KEY = "latency_b1_iqr_ms"
+
+
 def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, progress: bool) -> tuple[dict, bool]:
     """Masked / removed / fine-tuned test accuracy and the removed model's cost, cached per plan;
     returns ``(row, computed)``, ``computed`` False when the row was loaded from the cache."""
     path = folder / "evals" / _finetune_key(cfg) / f"{p.name}.json"
     cached = read_cache(path, with_keys("acc_masked"), "cached plan evaluation")
     if cached is not None:
+        if COST_KEY not in cached:      # evaluated before latencies had their IQR: measure the cost again
+            cached.update(model_cost(remove_channels(base_model, p)))
+            save_json(cached, path)
         return cached, False
     test = lambda m: evaluate(m, ds.test_x, ds.test_y, ds, device=device)["accuracy"]  # noqa: E731
     row = {"acc_masked": test(mask_model(base_model, p))}
@@ -150,7 +158,7 @@ def evaluate_plan(cfg: Config, p: Plan, base_model, ds, folder: Path, device, pr
             progress=progress, eval_each_epoch=False)
         row["finetune_seconds"] = time.perf_counter() - t0
         row["acc_finetuned"] = test(removed)
-        save_pruned(removed.cpu(), path.with_suffix(".pt"))
+        save_pruned(removed.cpu(), p, path.with_suffix(".pt"))
     save_json(row, path)
     return row, True
 
@@ -199,7 +207,7 @@ def run_sweep(cfg: Config, *, progress: bool = True) -> SweepResult:
     layer_rows: list[dict] = []
     timings.update({"ranking": 0.0, "cutoff": 0.0, "evaluation": 0.0, "finetune": 0.0, "plans_wall": 0.0})
     cost_path = folder / "evals" / "baseline_cost.json"
-    cost = read_cache(cost_path, what="cached baseline cost")
+    cost = read_cache(cost_path, with_keys(COST_KEY), "cached baseline cost")
     if cost is None:
         cost = model_cost(base.model)
         save_json(cost, cost_path)

@@ -82,9 +82,31 @@ def test_removed_model_equals_masked_when_pruned_channels_output_zero(tmp_path):
     kept_widths = [len(kept[l]) for l in range(13)]
     assert count_params(removed) == reference_params(kept_widths, "mlp", hidden=512)
     assert tp.utils.count_ops_and_params(removed, torch.zeros(1, 3, 32, 32))[1] == count_params(removed)
-    save_pruned(removed, tmp_path / "p.pt")
+    save_pruned(removed, kept, tmp_path / "p.pt")
     again = load_pruned(tmp_path / "p.pt")
-    assert torch.equal(again(x), removed(x))
+    assert torch.equal(again.model(x), removed(x)) and again.kept == kept
+    assert not hasattr(removed, "kept")                   # nothing attached to the module
+
+
+def hooked_macs(model, input_shape=(1, 3, 32, 32)) -> int:
+    """The count by hand that FlopCounterMode replaced: forward hooks on every Conv2d and Linear."""
+    total = 0
+
+    def conv(m, inp, out):
+        nonlocal total
+        total += out[0].numel() * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+
+    def linear(m, inp, out):
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(input_shape))
+    for h in hooks:
+        h.remove()
+    return total
 
 
 def test_macs_closed_form():
@@ -96,6 +118,10 @@ def test_macs_closed_form():
     assert conv_linear_macs(model) == macs + 512 * 10 == 313_201_664
     pruned = remove_channels(model, {0: list(range(32))})      # half of conv1_1: its own and conv1_2's input
     assert conv_linear_macs(pruned) == 313_201_664 - 9 * 3 * 32 * 1024 - 9 * 32 * 64 * 1024
+    # the old count by hand agrees on the baseline, an mlp head and a randomly pruned network
+    for m in (model, pruned, VGG16(width=0.25, head="mlp"), remove_channels(VGG16(width=0.25), _random_kept(
+            layer_widths(0.25), seed=3))):
+        assert conv_linear_macs(m) == hooked_macs(m)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -222,8 +248,10 @@ def test_bad_plan_inputs(trained):
 def test_cost_report_leaves_the_model_trainable():
     from cmi.report import model_cost
     model = VGG16(width=0.0625, head="linear")
-    cost = model_cost(model, latency_repeats=(2, 1))
-    assert cost["params"] == count_params(model) and cost["latency_b1_ms"] > 0
+    cost = model_cost(model, min_run_time=0.05)
+    assert cost["params"] == count_params(model) and cost["macs"] == hooked_macs(model)
+    assert cost["latency_threads"] == torch.get_num_threads()
+    assert 0 <= cost["latency_b1_iqr_ms"] < 10 * cost["latency_b1_ms"]      # a spread, in the same unit
     model.train()
     model(torch.randn(2, 3, 32, 32)).sum().backward()   # no inference tensors left behind
 
