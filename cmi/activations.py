@@ -75,7 +75,8 @@ class Activations:
 
 @torch.no_grad()
 def capture(model: VGG16, ds: Dataset, n: int = 256, seed: int = 0, device="cpu") -> Activations:
-    """Activations of every conv layer for ``n`` training images drawn with ``seed``, one pass."""
+    """Activations of every conv layer for ``n`` training images drawn with ``seed``, one pass on
+    ``device``; the model is returned to its own device and mode afterwards."""
     check_vgg(model)
     if not 2 <= n <= len(ds.train_y):
         raise ValueError(f"cannot draw n={n} images from {len(ds.train_y)} training images")
@@ -84,13 +85,13 @@ def capture(model: VGG16, ds: Dataset, n: int = 256, seed: int = 0, device="cpu"
     store: list[torch.Tensor] = []
     hooks = [r.register_forward_hook(lambda m, i, o: store.append(o.detach().float().cpu().clone()))
              for r in model.relus()]
-    was_training = model.training
+    was_training, where = model.training, next(model.parameters()).device
     model.eval()
     try:
         model.to(device)(x.to(device))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
+        model.to(where).train(was_training)          # the caller's model stays where it was
     return Activations(features=store, labels=ds.train_y[idx].clone(), inputs=x.float().cpu(), indices=idx,
                        widths=[c.out_channels for c in model.convs()], model=model_fingerprint(model))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def mask_model(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:
 
 def remove_channels(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:
     """A physically smaller copy: pruned filters removed with their BN channels and the next layer's
-    input channels, through Torch-Pruning's DependencyGraph. ``model.kept`` records what was kept."""
+    input channels, through Torch-Pruning's DependencyGraph. The caller's model is left as it is."""
     import torch_pruning as tp
 
     kept, widths = kept_per_layer(model, kept)
@@ -112,7 +113,6 @@ def remove_channels(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:
         pruned = sorted(set(range(widths[layer])) - set(idx))
         if pruned:
             graph.get_pruning_group(convs[layer], tp.prune_conv_out_channels, idxs=pruned).prune()
-    out.kept = {int(k): sorted(v) for k, v in kept.items()}
     return out
 
 
@@ -140,20 +140,31 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, normalize, *, batch_s
     return model
 
 
-def save_pruned(model: VGG16, path: Path) -> None:
-    """State dict + the base spec + kept channels per layer: no pickled classes."""
+@dataclass
+class Pruned:
+    """A physically pruned network and which channels of the network it came from it kept."""
+
+    model: VGG16
+    kept: dict[int, list[int]]   #: {layer: kept channel indices of the unpruned network}
+
+
+def save_pruned(model: VGG16, kept: "Plan | dict[int, list[int]]", path: Path) -> None:
+    """A network made by :func:`remove_channels` with ``kept``: state dict, the unpruned network's
+    spec and the kept channels per layer, no pickled classes."""
     spec = {"num_classes": model.num_classes, "width": model.width, "head": model.head_kind}
-    save_torch({"spec": spec, "kept": {str(k): v for k, v in getattr(model, "kept", {}).items()},
+    kept = kept.kept_channels() if isinstance(kept, Plan) else kept
+    save_torch({"spec": spec, "kept": {str(int(k)): sorted(int(i) for i in v) for k, v in kept.items()},
                 "state_dict": model.state_dict()}, path)
 
 
-def load_pruned(path: Path) -> VGG16:
+def load_pruned(path: Path) -> Pruned:
+    """What :func:`save_pruned` wrote: the smaller network (eval mode) and its kept channels."""
     blob = load_torch(path, what="pruned model file")
     if not (isinstance(blob, dict) and {"spec", "kept", "state_dict"} <= blob.keys()):
         raise ValueError(f"{str(path)!r} is not a pruned model file (save_pruned writes spec, kept and state_dict; "
                          f"it holds {sorted(blob) if isinstance(blob, dict) else type(blob).__name__}); "
                          f"a baseline model.pt loads with cmi.train.load_model")
-    base = build_model(**blob["spec"])
-    model = remove_channels(base, {int(k): v for k, v in blob["kept"].items()})
+    kept = {int(k): v for k, v in blob["kept"].items()}
+    model = remove_channels(build_model(**blob["spec"]), kept)
     model.load_state_dict(blob["state_dict"])
-    return model.eval()
+    return Pruned(model.eval(), kept)
