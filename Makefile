@@ -20,9 +20,10 @@ SET ?=
 OVERRIDES := $(if $(DATASET),dataset=$(DATASET)) $(SET)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
+# papermill with the notebooks' parameters and an encrypted kernel connection (cmi/notebook.py).
 # Progress bars refresh every 30 s inside executed notebooks, which store every refresh.
-PAPERMILL := TQDM_MININTERVAL=30 $(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING -p profile $(PROFILE) \
-	$(if $(DATASET),-p dataset $(DATASET)) $(if $(SET),-p overrides "$(SET)")
+PAPERMILL := TQDM_MININTERVAL=30 $(PY) -m cmi.notebook --profile $(PROFILE) \
+	$(if $(DATASET),--dataset $(DATASET)) $(if $(SET),--set "$(SET)")
 
 .PHONY: env test reproduce controls smoke lab strip readme clean distclean
 

@@ -71,3 +71,21 @@ def test_readme_tables_are_the_files_a_run_wrote(tmp_path):
     assert fill_includes(stale, tmp_path) == "x\n<!-- include: t.md -->\n| a |\n|---|\n| 1 |\n<!-- /include -->\ny\n"
     with pytest.raises(FileNotFoundError, match="missing.md"):
         fill_includes(stale.replace("t.md", "missing.md"), tmp_path)
+
+
+def test_notebook_runner_injects_the_parameters_and_starts_the_kernel_quietly(tmp_path):
+    """`make reproduce` runs each notebook through cmi.notebook: papermill's parameters, and no
+    warning about an unencrypted kernel connection (ipykernel >= 7.4) in what it prints."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "00.ipynb"
+    r = subprocess.run([sys.executable, "-m", "cmi.notebook", "notebooks/00_data_and_model.ipynb", str(out),
+                        "--profile", "smoke", "--set", "train.epochs=1"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "TQDM_DISABLE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "without encryption" not in r.stderr and "WARNING" not in r.stderr, r.stderr[-2000:]
+    params = json.loads(out.read_text())["metadata"]["papermill"]["parameters"]
+    assert params == {"profile": "smoke", "overrides": "train.epochs=1"}

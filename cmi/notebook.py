@@ -1,0 +1,60 @@
+"""Run one numbered notebook with papermill, as ``make reproduce`` does:
+
+    python -m cmi.notebook notebooks/04_formulations.ipynb build/quick/04_formulations.ipynb \
+        --profile quick --dataset fashion-mnist --set "train.epochs=3"
+
+The same as ``papermill -k python3 --cwd notebooks -p profile ... -p dataset ... -p overrides ...``,
+except that the kernel's connection is encrypted (CurveZMQ) where the kernel supports it:
+ipykernel >= 7.4 warns about an unencrypted TCP connection at every start otherwise, and that
+warning would be all ``make reproduce`` prints besides the progress and the timings.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import zmq
+from jupyter_client.manager import KernelManager
+
+
+class EncryptedKernelManager(KernelManager):
+    """jupyter_client's kernel manager with ``transport_encryption = "auto"`` (Curve keys for kernels
+    whose kernelspec declares support), where pyzmq has CurveZMQ; else the default."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if zmq.has("curve"):
+            self.transport_encryption = "auto"
+
+
+def run_notebook(notebook: Path, output: Path, profile: str, dataset: str | None = None,
+                 overrides: str | None = None, log_level: str = "WARNING") -> None:
+    """Execute ``notebook`` into ``output`` with the notebooks' parameters (cwd: its folder)."""
+    import logging
+
+    import papermill
+
+    logging.getLogger("papermill").setLevel(log_level)
+    parameters = {"profile": profile}
+    if dataset:
+        parameters["dataset"] = dataset
+    if overrides:
+        parameters["overrides"] = overrides
+    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                               cwd=str(Path(notebook).parent), kernel_manager_class=EncryptedKernelManager)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cmi.notebook", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--set", dest="overrides", default=None, help='config overrides, "key=value key=value"')
+    args = parser.parse_args(argv)
+    run_notebook(args.notebook, args.output, args.profile, args.dataset, args.overrides)
+
+
+if __name__ == "__main__":
+    main()
