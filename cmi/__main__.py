@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .errors import CmiError
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. dataset=fashion-mnist train.epochs=3 width=0.5")
     args = parser.parse_intermixed_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"   # one line, no source
     try:
         return _run(args)
     except CmiError as e:

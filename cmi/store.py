@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,6 +95,9 @@ def load_torch(path: Path, what: str = "checkpoint") -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):       # torch.save writes a zip archive; anything else is not ours
+        raise CacheCorrupt(f"{what} {str(path)!r} is corrupt (not a file written by torch.save: "
+                           f"{path.stat().st_size} bytes, no zip archive); delete it to recompute")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here

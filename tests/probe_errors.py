@@ -36,7 +36,7 @@ def first_line(text: str) -> str:
 def cli(probe: str, *args: str, env: dict | None = None) -> None:
     r = subprocess.run([sys.executable, "-m", "cmi", *args], env={**ENV, **(env or {})}, capture_output=True,
                        text=True, cwd=ROOT)
-    shown = r.stderr if r.returncode else (r.stderr or r.stdout)
+    shown = r.stderr if r.returncode else (r.stderr or " ".join(r.stdout.split()))
     rows.append((probe, first_line(shown), str(r.returncode)))
 
 

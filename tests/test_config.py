@@ -148,3 +148,12 @@ def test_overrides_of_the_wrong_kind_are_one_error():
     with pytest.raises(ConfigError, match="overrides must be a mapping {key: value} or a list of 'key=value' "
                                           "strings, got int 3"):
         start_notebook("smoke", None, 3)
+
+
+def test_command_line_prints_warnings_as_one_line():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "cmi", "config", "--profile", "smoke", "dataset=synthetic",
+                        "train_subset=99999", "test_subset=100"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == ("warning: data.train_subset=99999 is more than the 1488 training images "
+                                              "left after val_size=512 of synthetic: using 1488\n")

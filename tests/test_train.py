@@ -93,5 +93,11 @@ def test_missing_or_corrupt_model_file(tmp_path):
         load_model(tmp_path / "nothing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match=r"model file .*bad.pt' is corrupt \(not a file written by torch.save: 16 "
+                                           r"bytes, no zip archive\); delete it to recompute"):
+        load_model(bad)
+    import zipfile
+    with zipfile.ZipFile(bad, "w") as z:                  # a zip archive, but not torch.save's
+        z.writestr("hello.txt", "hi")
     with pytest.raises(RuntimeError, match="unreadable or corrupt.*delete it"):
         load_model(bad)
