@@ -9,10 +9,10 @@ with its interquartile range.
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import count_params
@@ -35,6 +35,11 @@ def cpu_latency(model: nn.Module, batch: int, min_run_time: float = 0.5) -> dict
     """Seconds of one forward pass of ``batch`` images on the CPU: ``{"median", "iqr", "runs",
     "threads"}`` from ``torch.utils.benchmark.Timer.blocked_autorange`` (warm-up and blocking
     included; a channels_last copy in eval mode, the model passed in is left as it is)."""
+    # torch.utils.benchmark imports cpp_extension, which logs "No CUDA runtime is found" on a machine
+    # without CUDA; it concerns building C++ extensions, not timing.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import benchmark
+
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
