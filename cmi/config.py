@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .cutoffs import FALLBACKS
+from .device import resolve_device
 from .entropy import SIGMA_RULES
 from .errors import ConfigError
 from .paths import check_folders, configs_dir
@@ -205,10 +206,7 @@ class Config:
         subset larger than its split clamped to the split (with a warning)."""
         _check(self.device in DEVICES or self.device.startswith("cuda:"), "device",
                f"must be one of {DEVICES} or 'cuda:N', got {self.device!r}")
-        if self.device.startswith("cuda"):
-            import torch
-            _check(torch.cuda.is_available(), "device", f"is {self.device!r} but CUDA is not available on this "
-                                                        f"machine; use device=auto or device=cpu")
+        resolve_device(self.device)          # device=cuda where there is none: one ConfigError, now
         for name in SECTIONS:
             getattr(self, name).validate()
         return self._check_sizes()

@@ -250,15 +250,15 @@ def _fashion_files(folder: Path) -> dict[str, tuple[Path, Path]] | None:
     return found
 
 
-def load_fashion_mnist(root: Path, explicit: bool | None = None):
+def load_fashion_mnist(root: Path, explicit: bool = False):
     """Fashion-MNIST padded to 32x32, from the first place that has all four files: an explicit data
     root (``CMI_DATA``, or ``root`` given to :func:`load_dataset`: ``<root>/FashionMNIST/raw/``),
     Debian's ``dataset-fashion-mnist``, the default data root; else torchvision's download into
-    ``<root>/FashionMNIST/raw/``. ``explicit`` (default: whether ``CMI_DATA`` is set) puts the data
-    root before Debian's copy. A file that is there but unreadable is an error naming it."""
+    ``<root>/FashionMNIST/raw/``. ``explicit`` (:func:`load_dataset` passes whether ``CMI_DATA`` or
+    ``root`` was given) puts the data root before Debian's copy. A file that is there but unreadable
+    is an error naming it."""
     root = Path(root)
     raw = root / "FashionMNIST" / "raw"
-    explicit = "CMI_DATA" in os.environ if explicit is None else explicit
     places = [raw, DEBIAN_FASHION_MNIST] if explicit else [DEBIAN_FASHION_MNIST, raw]
     files = next((f for f in map(_fashion_files, places) if f is not None), None)
     if files is None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 
 def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device:
     """``None`` or ``"auto"``: CUDA when available, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
@@ -11,5 +13,6 @@ def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={str(device)!r} was asked for but CUDA is not available; use device=auto or cpu")
+        raise ConfigError(f"device is {str(device)!r} but CUDA is not available on this machine; "
+                          f"use device=auto or device=cpu")
     return dev

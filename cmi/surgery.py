@@ -69,20 +69,18 @@ def kept_per_layer(model: VGG16, kept: "Plan | dict[int, list[int]]") -> tuple[d
     if not isinstance(kept, dict):
         raise ValueError(f"kept must be a Plan or a dict {{layer: kept channel indices}}, got {type(kept).__name__}")
     normal: dict[int, list[int]] = {}
-    for layer, idx in kept.items():
-        i = _layer_index(layer)
-        if i in normal:
-            raise ValueError(f"layer {layer!r} is given twice (by name and by index)")
-        normal[i] = _indices(LAYER_NAMES[i] if 0 <= i < len(LAYER_NAMES) else f"layer {i}", idx)
-    kept = normal
-    for layer, idx in kept.items():
+    for key, given in kept.items():
+        layer = _layer_index(key)
+        if layer in normal:
+            raise ValueError(f"layer {key!r} is given twice (by name and by index)")
         name = LAYER_NAMES[layer] if 0 <= layer < len(LAYER_NAMES) else f"layer {layer}"
+        idx = normal[layer] = _indices(name, given)
         if not 0 <= layer < len(widths):
             raise ValueError(f"plan names {name}, but the model has {len(widths)} conv layers")
         check_keep(len(idx), widths[layer], name)
         if len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= widths[layer]:
             raise ValueError(f"{name}: kept channels must be distinct indices in 0..{widths[layer] - 1}")
-    return kept, widths
+    return normal, widths
 
 
 def mask_model(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:

@@ -171,9 +171,9 @@ def prepare(cfg: Config, progress: bool = True, timings: dict | None = None):
     base = train_baseline(cfg, progress=progress)
     timings["baseline"] = time.perf_counter() - t0
     ds = load_dataset(cfg)
-    folder = sweep_dir(cfg)
-    _adopt_legacy_tables(cfg, folder, run_dir(cfg))
-    save_config(cfg, run_dir(cfg) / "config.yaml")
+    folder, run = sweep_dir(cfg), run_dir(cfg)
+    _adopt_legacy_tables(cfg, folder, run)
+    save_config(cfg, run / "config.yaml")
     t0 = time.perf_counter()
     acts, _ = load_or_capture(cfg, base.model, ds, folder, device)
     timings["capture"] = time.perf_counter() - t0
