@@ -138,7 +138,10 @@ class PruneConfig:
         _check(self.select_images is None or self.select_images > 0, "prune.select_images",
                f"must be positive or null, got {self.select_images!r}")
         _check(0 <= self.tolerance < 1, "prune.tolerance", f"must be in [0, 1), got {self.tolerance!r}")
-        _check(self.protocol in PROTOCOLS, "prune.protocol", f"must be one of {PROTOCOLS}, got {self.protocol!r}")
+        from .protocols import PATHS, is_protocol
+        _check(is_protocol(self.protocol), "prune.protocol",
+               f"must be one of {PROTOCOLS} or a one-path variant 'paper+<path>' / 'authors-<path>' with <path> one "
+               f"of {tuple(PATHS)}, got {self.protocol!r}")
         _check(self.max_drop is None or 0 <= self.max_drop < 1, "prune.max_drop",
                f"must be in [0, 1) or null, got {self.max_drop!r}")
         _check(self.reference in ("network", "chain"), "prune.reference",
@@ -166,9 +169,16 @@ class ControlsConfig:
     sensitivity_recal_images: int = 2000         #: training images that recalibrate BN per sensitivity point
     sigma_rules: tuple[str, ...] = ("paper", "median")   #: kernel-width rules of the saturation table
     saturation_tol: float = 1e-6       #: saturated: CMI_t <= this x I(Y; L), relative
+    #: plans of the path ablation (cmi.controls.path_ablation), e.g. per-layer-scree-bidirectional;
+    #: null: all nine the authors' code defines; [] skips it
+    ablation_plans: tuple[str, ...] | None = None
 
     def validate(self) -> None:
+        from .authors import PLANS
         from .criteria import CRITERIA
+        names = tuple("-".join(p) for p in PLANS)
+        _check(self.ablation_plans is None or all(n in names for n in self.ablation_plans), "controls.ablation_plans",
+               f"must be null or a list drawn from {names}, got {self.ablation_plans!r}")
         _check(len(self.protocols) > 0 and all(p in PROTOCOLS for p in self.protocols), "controls.protocols",
                f"must be a non-empty list drawn from {PROTOCOLS}, got {list(self.protocols)!r}")
         _check(len(self.criteria) > 0 and all(c in CRITERIA for c in self.criteria), "controls.criteria",

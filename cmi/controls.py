@@ -35,7 +35,7 @@ from .data import seeded_indices
 from .models import LAYER_NAMES
 from .planner import cached_ranking, plan
 from .plans import Plan, PlanSettings
-from .protocols import get_protocol
+from .protocols import PATHS, get_protocol
 from .store import cache_key, read_cache, save_json, with_keys
 from .surgery import mask_model, recalibrate_bn, remove_channels
 from .train import evaluate, fit
@@ -121,15 +121,17 @@ def criterion_kept(study: Study, criterion: str, counts: list[int], plan_: Plan 
             for l, (k, w) in enumerate(zip(counts, study.acts.widths)) if k < w}
 
 
-def protocol_plans(study: Study, protocol: str, progress: bool = True) -> list[Plan]:
-    """Every plan of ``cfg.prune`` that ``protocol`` defines (the authors' code defines nine),
-    computed, resumed or loaded from the cache; the permutation-test plans are computed last (the
-    slowest), the list is returned in the canonical order."""
+def protocol_plans(study: Study, protocol: str, progress: bool = True, only=None) -> list[Plan]:
+    """Every plan of ``cfg.prune`` that ``protocol`` defines (the authors' code defines nine), or of
+    those the ones in ``only`` ((formulation, cutoff, direction) triples), computed, resumed or loaded
+    from the cache; the permutation-test plans are computed last (the slowest), the list is returned
+    in the canonical order."""
     cfg = study.cfg.replace({"prune.protocol": protocol})
     settings = PlanSettings.from_config(cfg)
     p = cfg.prune
     defined = get_protocol(protocol).plans
-    specs = [s for s in itertools.product(p.formulations, p.cutoffs, p.directions) if defined is None or s in defined]
+    specs = [s for s in itertools.product(p.formulations, p.cutoffs, p.directions)
+             if (defined is None or s in defined) and (only is None or s in only)]
     made = {}
     for formulation, cutoff, direction in sorted(specs, key=lambda s: s[1] == "ptest"):
         made[formulation, cutoff, direction], _ = plan(
@@ -328,6 +330,124 @@ def equal_counts_report(study: Study, out=None, progress: bool = True) -> dict:
     return tables
 
 
+ABLATION_MODES = ("masked", "recalibrated")
+
+
+def ablation_variants() -> list[str]:
+    """The path ablation's protocols: both end points, then each path of :data:`cmi.protocols.PATHS`
+    switched on alone in the paper's text (``paper+<path>``) and off alone in the authors' code
+    (``authors-<path>``)."""
+    return ["paper", "authors", *(f"{b}{p}" for p in PATHS for b in ("paper+", "authors-"))]
+
+
+def ablation_specs(cfg: Config) -> list[tuple[str, str, str]]:
+    """(formulation, cutoff, direction) of the path ablation's plans: ``controls.ablation_plans`` (None:
+    all nine the authors' code defines), among those ``cfg.prune`` includes."""
+    p, names = cfg.prune, cfg.controls.ablation_plans
+    return [s for s in itertools.product(p.formulations, p.cutoffs, p.directions)
+            if s in get_protocol("authors").plans and (names is None or "-".join(s) in names)]
+
+
+def path_ablation(study: Study, progress: bool = True) -> list[dict]:
+    """Which of the authors' code paths (METHOD.md §9) moves the plans their code defines? One row per
+    protocol of :func:`ablation_variants` x plan (the nine of ``cmi.authors.PLANS`` that ``cfg.prune``
+    includes): filters kept, fallbacks, whether its kept channels differ from the same plan under the
+    variant's base protocol, and the CMI plan's test accuracy masked and removed + BN recalibration
+    (``controls.test_images``). Plans, rankings, candidate scores and evaluations are cached by content,
+    so a path that changes nothing in a plan costs nothing there. ``controls.ablation_plans`` picks
+    the plans (all nine by default)."""
+    c = study.cfg.controls
+    wanted = ablation_specs(study.cfg)
+    plans = {}
+    for proto in tqdm(ablation_variants(), desc="path ablation", disable=not progress):
+        plans[proto] = {p.name: p for p in protocol_plans(study, proto, progress=False, only=wanted)}
+    rows = []
+    for proto, made in plans.items():
+        base = "paper" if proto.startswith("paper") else "authors"
+        for name, p in made.items():
+            kept = criterion_kept(study, "cmi", p.keep_counts(), p)
+            ev = evaluate_kept(study, kept, modes=ABLATION_MODES, test_images=c.test_images)
+            other = plans[base][name]
+            rows.append({"protocol": proto, "base": base, "path": proto[len(base) + 1:] or "-", "plan": name,
+                         "filters_kept": p.filters_kept, "filters_total": p.filters_total,
+                         "pruned (%)": round(100 * p.efficiency, 1), "fallbacks": sum(d.fallback for d in p.decisions),
+                         "changed": [d.kept for d in sorted(p.decisions, key=lambda d: d.layer)]
+                         != [d.kept for d in sorted(other.decisions, key=lambda d: d.layer)],
+                         **{f"acc_{m}": ev[f"acc_{m}"] for m in ABLATION_MODES}, "seconds": ev["seconds"]})
+    return rows
+
+
+def ablation_summary(rows: list[dict], baseline_acc: float, max_drop: float = 0.01) -> list[dict]:
+    """One row per protocol of :func:`path_ablation`'s rows: filters removed, plans removing >= 1/3,
+    plans within ``max_drop`` of ``baseline_acc`` masked, mean accuracies (%), and the path's effect:
+    (with the path) - (without it) on the mean removed and the mean accuracy, in pp, i.e.
+    ``paper+<path>`` - ``paper`` and ``authors`` - ``authors-<path>`` over the same plans."""
+    from .verdict import PAPER_REMOVED
+
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["protocol"], []).append(r)
+
+    def mean(part, key):
+        return statistics.fmean(r[key] for r in part)
+
+    out = []
+    for proto, part in by.items():
+        base, path = part[0]["base"], part[0]["path"]
+        removed = [r["pruned (%)"] for r in part]
+        row = {"protocol": proto, "path": path,
+               "switched": "-" if path == "-" else ("on in the paper's text" if base == "paper" else
+                                                    "off in the authors' code"),
+               "plans": len(part), "plans changed": sum(r["changed"] for r in part),
+               "pruned mean (%)": round(statistics.fmean(removed), 1),
+               "pruned range (%)": f"{min(removed):.1f}–{max(removed):.1f}",
+               "plans ≥ 1/3 removed": sum(x >= 100 * PAPER_REMOVED for x in removed),
+               "≥ 1/3 and within drop (masked)": sum(r["pruned (%)"] >= 100 * PAPER_REMOVED
+                                                     and r["acc_masked"] >= baseline_acc - max_drop for r in part),
+               "best masked (%)": round(100 * max(r["acc_masked"] for r in part), 2),
+               **{f"{m} mean (%)": round(100 * mean(part, f"acc_{m}"), 2) for m in ABLATION_MODES},
+               "fallbacks": sum(r["fallbacks"] for r in part)}
+        if path != "-":
+            ref = {r["plan"]: r for r in by[base]}
+            sign = 1 if base == "paper" else -1          # effect = with the path - without it
+            row["effect on pruned (pp)"] = round(sign * statistics.fmean(
+                r["pruned (%)"] - ref[r["plan"]]["pruned (%)"] for r in part), 1)
+            for m in ABLATION_MODES:
+                row[f"effect on {m} (pp)"] = round(sign * 100 * statistics.fmean(
+                    r[f"acc_{m}"] - ref[r["plan"]][f"acc_{m}"] for r in part), 2)
+        out.append(row)
+    return out
+
+
+def ablation_report(study: Study, out=None, progress: bool = True) -> dict:
+    """:func:`path_ablation` and its summary, written as tables and a figure when ``out`` is given.
+    Needs both protocols in ``controls.protocols`` and a plan in ``controls.ablation_plans``; returns
+    {} otherwise."""
+    from .plots import path_ablation_plot
+
+    cfg = study.cfg
+    if not {"paper", "authors"} <= set(cfg.controls.protocols) or not ablation_specs(cfg):
+        return {}
+    t0 = time.perf_counter()
+    rows = path_ablation(study, progress)
+    seconds = time.perf_counter() - t0
+    max_drop = cfg.prune.max_drop if cfg.prune.max_drop is not None else 0.01
+    summary = ablation_summary(rows, study.baseline["test_accuracy"], max_drop)
+    if out is not None:
+        base = 100 * study.baseline["test_accuracy"]
+        out.table(rows, "09_path_ablation_plans", "Path ablation, one row per protocol x plan: the CMI plan's "
+                  "test accuracy masked and recalibrated; 'changed': its kept channels differ from the same plan "
+                  f"under the base protocol (baseline {base:.2f}%)", floatfmt=".4g")
+        names = ", ".join("-".join(x) for x in ablation_specs(cfg))
+        out.table(summary, "09_path_ablation", "Which of the authors' code paths moves their plans "
+                  f"({names})? Each path switched on alone in the paper's text (paper+path) and off alone in the authors' code "
+                  "(authors-path); effect = with the path - without it, over the same plans (pp); "
+                  f"baseline {base:.2f}%, 'within drop' = within {100 * max_drop:g} pp masked", floatfmt=".4g")
+        out.figure(path_ablation_plot(summary), "09_path_ablation")
+    return {"rows": rows, "summary": summary, "seconds": seconds,
+            "evaluations (sum when computed)": sum(r["seconds"] for r in rows)}
+
+
 def sensitivity_report(study: Study, out=None, progress: bool = True) -> list[dict]:
     """:func:`sensitivity`, written as a table and the per-layer curves when ``out`` is given."""
     from .plots import sensitivity_curves
@@ -354,13 +474,15 @@ def saturation_report(study: Study, out=None, progress: bool = True) -> list[dic
     return sat
 
 
-def claim_report(study: Study, equal: dict, sat: list[dict], out=None) -> list[dict]:
-    """The README's "Does the claim hold?" table (:func:`cmi.verdict.claim_table`) from the two reports."""
+def claim_report(study: Study, equal: dict, sat: list[dict], out=None, ablation: dict | None = None) -> list[dict]:
+    """The README's "Does the claim hold?" table (:func:`cmi.verdict.claim_table`) from the reports
+    (``ablation``: :func:`ablation_report`'s, when it ran)."""
     from .verdict import claim_table
 
     cfg = study.cfg
     rows = claim_table(equal["summary"], equal["verdict"], equal["kept"], sat, study.baseline["test_accuracy"],
-                       cfg.prune.max_drop if cfg.prune.max_drop is not None else 0.01, tuple(cfg.controls.criteria))
+                       cfg.prune.max_drop if cfg.prune.max_drop is not None else 0.01, tuple(cfg.controls.criteria),
+                       ablation=(ablation or {}).get("summary"))
     if out is not None:
         out.table(rows, "claim", "Does the claim hold? One row per question; protocols: "
                   + "; ".join(f"{p}: {PROTOCOL_LABELS[p]}" for p in cfg.controls.protocols)
@@ -390,8 +512,10 @@ def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
     equal = equal_counts_report(study, out, progress)
     timings.update(equal.pop("timings"))
     sens = timed("sensitivity curves", lambda: sensitivity_report(study, out, progress))
-    claim = claim_report(study, equal, sat, out)
-    tables = {**equal, "saturation": sat, "sensitivity": sens, "claim": claim}
+    ablation = timed("path ablation (both protocols' paths, one at a time)",
+                     lambda: ablation_report(study, out, progress))
+    claim = claim_report(study, equal, sat, out, ablation)
+    tables = {**equal, "saturation": sat, "sensitivity": sens, "claim": claim, "ablation": ablation}
     computed = {"controls evaluations (sum when computed)": sum(r["seconds"] for r in equal["raw"]),
                 "sensitivity evaluations (sum when computed)": sum(r["seconds"] for r in sens)}
     tables["timings"] = timings_table(timings, computed)

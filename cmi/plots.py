@@ -299,3 +299,32 @@ def kept_counts_plot(kept_rows, title: str = ""):
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def path_ablation_plot(summary, title: str = ""):
+    """Each of the authors' code paths' effect (with it - without it, pp) on the mean filters removed
+    and the mean accuracy of their plans: switched on alone in the paper's text and off alone in
+    the authors' code (rows of :func:`cmi.controls.ablation_summary`)."""
+    import pandas as pd
+
+    df = pd.DataFrame([r for r in summary if r["path"] != "-"])
+    paths = list(dict.fromkeys(df.path))
+    metrics = [c for c in ("effect on pruned (pp)", "effect on masked (pp)", "effect on recalibrated (pp)") if c in df]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 0.45 * len(paths) + 1.6), sharey=True,
+                             squeeze=False)
+    y = np.arange(len(paths))
+    for ax, metric in zip(axes[0], metrics):
+        for k, (switched, colour) in enumerate((("on in the paper's text", "tab:blue"),
+                                                ("off in the authors' code", "tab:orange"))):
+            part = df[df.switched == switched].set_index("path").reindex(paths)
+            ax.barh(y + (k - 0.5) * 0.38, part[metric], height=0.36, color=colour, label=switched)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_title(metric.replace(" (pp)", ""), fontsize=9)
+        ax.set_xlabel("pp (with the path - without it)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_yticks(y, paths)
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title or "Which of the authors' code paths moves their plans?", fontsize=10)
+    fig.tight_layout()
+    return fig

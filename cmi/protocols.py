@@ -9,6 +9,7 @@ use test accuracy, as theirs did; every result made with it is labelled "chosen 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -55,7 +56,55 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
+#: The authors' code paths that differ from the paper's text (METHOD.md §9), each by the Protocol
+#: fields it sets. ``paper+<path>`` is the paper's text with that one path of theirs switched on,
+#: ``authors-<path>`` their code with that one path switched back to the text; both run the nine plans
+#: the authors' code defines (the path ablation of :func:`cmi.controls.path_ablation`).
+PATHS: dict[str, tuple[str, ...]] = {
+    "scree-on-indices": ("cutoffs",),                 # scree ratios on channel indices, not CMI values
+    "shifted-kept": ("kept",),                        # every kept index shifted by -1
+    "chosen-on-test": ("choose_on",),                 # candidate cuts scored on test images
+    "unconditioned-shuffles": ("permute_condition",),  # the permutation test leaves Z out of its shuffles
+    "compact-previous-only": ("compact_scores_previous_only",),
+    "full-one-chain": ("full_bidirectional_one_chain",),
+    "exact-ranking": ("exact_ranking",),              # every greedy pick, no saturation stop
+}
+
+
+def one_path(base: str, path: str) -> Protocol:
+    """``base`` ('paper' or 'authors') with one path of :data:`PATHS` taken from the other protocol."""
+    if base not in PROTOCOLS or path not in PATHS:
+        raise ValueError(f"a one-path protocol is 'paper+<path>' or 'authors-<path>' with <path> one of "
+                         f"{tuple(PATHS)}, got base {base!r} and path {path!r}")
+    other = PROTOCOLS["authors" if base == "paper" else "paper"]
+    changes = {f: getattr(other, f) for f in PATHS[path]}
+    if base == "paper":
+        name, label = f"paper+{path}", f"paper's text with the authors' {path}"
+    else:
+        name, label = f"authors-{path}", f"authors' code paths without their {path}"
+    choose_on = changes.get("choose_on", PROTOCOLS[base].choose_on)
+    label += ", chosen on test data" if choose_on == "test" else ", chosen on held-out training images"
+    return dataclasses.replace(PROTOCOLS[base], **changes, name=name, label=label, plans=authors.PLANS)
+
+
+def protocol_names(paths: bool = True) -> list[str]:
+    """'paper', 'authors' and (``paths``) every one-path variant, in the ablation's order."""
+    names = ["paper", "authors"]
+    if paths:
+        names[1:1] = [f"paper+{p}" for p in PATHS] + [f"authors-{p}" for p in PATHS]
+    return names
+
+
+def is_protocol(name) -> bool:
+    return name in protocol_names()
+
+
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {name!r}")
-    return PROTOCOLS[name]
+    """A protocol by name: 'paper', 'authors', 'paper+<path>' or 'authors-<path>' (:data:`PATHS`)."""
+    if name in PROTOCOLS:
+        return PROTOCOLS[name]
+    for base, sep in (("paper", "+"), ("authors", "-")):
+        if isinstance(name, str) and name.startswith(base + sep) and name[len(base) + 1:] in PATHS:
+            return one_path(base, name[len(base) + 1:])
+    raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)} or a one-path variant 'paper+<path>' / "
+                     f"'authors-<path>' with <path> one of {tuple(PATHS)}, got {name!r}")

@@ -27,11 +27,13 @@ def _pct(x: float) -> str:
 
 
 def claim_table(summary: list[dict], verdict: list[dict], kept: list[dict], saturation: list[dict],
-                baseline_acc: float, max_drop: float = 0.01, criteria: tuple[str, ...] = ()) -> list[dict]:
+                baseline_acc: float, max_drop: float = 0.01, criteria: tuple[str, ...] = (),
+                ablation: list[dict] | None = None) -> list[dict]:
     """One row per question: {question, answer, <protocol>: short answer with its numbers, ..., file}.
     ``summary``, ``verdict``, ``kept``, ``saturation``: the tables of :func:`cmi.controls.run_controls`
-    (rows of dicts); ``baseline_acc``: the unpruned network's test accuracy (fraction). ``answer`` is
-    "yes" when any protocol's answer is."""
+    (rows of dicts); ``baseline_acc``: the unpruned network's test accuracy (fraction); ``ablation``:
+    :func:`cmi.controls.ablation_summary` rows, when the path ablation ran. ``answer`` is "yes" when
+    any protocol's answer is."""
     protocols = list(dict.fromkeys(r["protocol"] for r in summary))
     rows = []
 
@@ -93,6 +95,12 @@ def claim_table(summary: list[dict], verdict: list[dict], kept: list[dict], satu
     add(f"Is more than a third of the filters removed within {100 * max_drop:g} pp (the paper: "
         f"{PAPER_DROP_PP} pp), masked?", "controls_kept_counts.md", cells)
 
+    if ablation:
+        add(f"Does any one of the authors' code paths make a plan remove ≥ 1/3 within {100 * max_drop:g} pp "
+            "(masked), and which path moves their plans most? (paper: each switched on alone in the "
+            "paper's text; authors: each switched off alone in their code)", "09_path_ablation.md",
+            _ablation_cells(ablation, protocols))
+
     cells = {}
     for proto in protocols:
         plans = _plans(summary, proto, "cmi", "finetuned")
@@ -113,3 +121,26 @@ def claim_table(summary: list[dict], verdict: list[dict], kept: list[dict], satu
         add(f"Does the estimator saturate (CMI_t ≈ 0 after a few picks), σ rule {rule!r}?", "controls_saturation.md",
             {p: (bool(sat), text if i == 0 else "the same estimator") for i, p in enumerate(protocols)})
     return rows
+
+
+def _ablation_cells(ablation: list[dict], protocols: list[str]) -> dict[str, tuple[bool, str]]:
+    """Per base protocol, over its one-path variants: plans that remove >= 1/3 within the drop, and the
+    paths with the largest effect on the filters removed and on the recalibrated accuracy."""
+    cells = {}
+    for base, switched in (("paper", "on in the paper's text"), ("authors", "off in the authors' code")):
+        part = [r for r in ablation if r.get("switched") == switched]
+        if base not in protocols or not part:
+            continue
+        hits = sum(r["≥ 1/3 and within drop (masked)"] for r in part)
+        n = sum(r["plans"] for r in part)
+        effects = []
+        for key, what in (("effect on pruned (pp)", "filters removed"),
+                          ("effect on recalibrated (pp)", "recalibrated accuracy")):
+            top = max(part, key=lambda r: abs(r[key]))
+            effects.append(f"{what} {top['path']} {top[key]:+.1f} pp")
+        changed = [r["path"] for r in part if r["plans changed"]]
+        cells[base] = (hits > 0, f"{hits} of {n} plans ({len(part)} variants); best masked "
+                                 f"{max(r['best masked (%)'] for r in part):.2f} %; largest effect (with - without) on "
+                                 + ", on ".join(effects)
+                                 + f"; paths that change any plan: {', '.join(changed) or 'none'}")
+    return cells

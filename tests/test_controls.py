@@ -269,3 +269,51 @@ def test_removed_and_recalibrated_equals_masked_with_silent_bn_and_recalibrated(
     recalibrate_bn(silent, images, norm)
     x = norm(images[:8])
     assert torch.allclose(removed(x), silent(x), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the path ablation
+def test_one_path_protocols_differ_from_their_base_in_that_path_alone():
+    from cmi.protocols import PATHS, PROTOCOLS, Protocol, get_protocol
+
+    fields = [f.name for f in dataclasses.fields(Protocol) if f.name not in ("name", "label", "plans")]
+    paper, theirs = PROTOCOLS["paper"], PROTOCOLS["authors"]
+    # every field in which the two protocols differ belongs to exactly one path
+    assert sorted(f for fs in PATHS.values() for f in fs) == sorted(
+        f for f in fields if getattr(paper, f) != getattr(theirs, f))
+    for path, changed in PATHS.items():
+        on, off = get_protocol(f"paper+{path}"), get_protocol(f"authors-{path}")
+        assert on.plans == off.plans == authors.PLANS
+        for f in fields:
+            assert getattr(on, f) == getattr(theirs if f in changed else paper, f), (path, f)
+            assert getattr(off, f) == getattr(paper if f in changed else theirs, f), (path, f)
+        assert ("test data" in on.label) == (path == "chosen-on-test")
+        assert ("test data" in off.label) == (path != "chosen-on-test")
+    with pytest.raises(ValueError, match="one-path variant"):
+        get_protocol("paper+no-such-path")
+    with pytest.raises(ValueError, match="one-path variant"):
+        get_protocol("authors+shifted-kept")
+
+
+def test_path_ablation_isolates_each_path(tiny_cfg):
+    from cmi.controls import ablation_summary, ablation_variants, path_ablation, prepare_study
+
+    cfg = tiny_cfg.replace({"cmi.n_samples": 32, "cmi.permutations": 10, "prune.formulations": ["compact"],
+                            "prune.cutoffs": ["scree"], "prune.directions": ["forward"], "controls.recal_images": 64})
+    study = prepare_study(cfg, progress=False)
+    rows = path_ablation(study, progress=False)
+    assert [r["protocol"] for r in rows] == ablation_variants()        # one plan: compact-scree-forward
+    by = {r["protocol"]: r for r in rows}
+    # paths that cannot touch a compact scree plan leave it as its base protocol made it
+    for path in ("unconditioned-shuffles", "full-one-chain"):
+        for proto, base in ((f"paper+{path}", "paper"), (f"authors-{path}", "authors")):
+            assert not by[proto]["changed"]
+            assert {k: by[proto][k] for k in ("filters_kept", "acc_masked", "acc_recalibrated")} == {
+                k: by[base][k] for k in ("filters_kept", "acc_masked", "acc_recalibrated")}
+    assert by["paper+shifted-kept"]["changed"] and by["authors-shifted-kept"]["changed"]
+    summary = {s["protocol"]: s for s in ablation_summary(rows, baseline_acc=0.5)}
+    for path in ("shifted-kept", "scree-on-indices"):
+        assert summary[f"paper+{path}"]["effect on pruned (pp)"] == pytest.approx(
+            by[f"paper+{path}"]["pruned (%)"] - by["paper"]["pruned (%)"], abs=0.051)
+        assert summary[f"authors-{path}"]["effect on masked (pp)"] == pytest.approx(
+            100 * (by["authors"]["acc_masked"] - by[f"authors-{path}"]["acc_masked"]), abs=0.0051)
+    assert "effect on pruned (pp)" not in summary["paper"] and summary["authors"]["plans"] == 1

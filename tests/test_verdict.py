@@ -57,3 +57,26 @@ def test_claim_table_says_no_when_nothing_keeps_accuracy():
     assert answers["controls_finetuned.md"] == "no"
     assert "2 remove ≥ 1/3, the best of them masked 10.00 %" in next(
         r["paper"] for r in out if r["file"] == "controls_kept_counts.md")
+
+
+def test_claim_table_names_the_path_that_moves_the_plans():
+    summary = summarize(raw_rows())
+    kept = [{"protocol": "paper", "plan": p, "pruned (%)": 10.0, "fallbacks": 0} for p in "ab"]
+
+    def row(path, switched, hits, pruned, recal):
+        return {"protocol": path, "path": path, "switched": switched, "plans": 9, "plans changed": int(pruned != 0),
+                "≥ 1/3 and within drop (masked)": hits, "best masked (%)": 10.0,
+                "effect on pruned (pp)": pruned, "effect on recalibrated (pp)": recal}
+
+    ablation = [{"protocol": "paper", "path": "-", "switched": "-", "plans": 9},
+                row("x", "on in the paper's text", 0, -12.0, 1.0), row("y", "on in the paper's text", 0, 3.0, -5.0),
+                row("x", "off in the authors' code", 1, 0.0, 0.5), row("y", "off in the authors' code", 0, 2.0, 0.0)]
+    rows = claim_table(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
+                       criteria=CRITERIA, ablation=ablation)
+    r = next(r for r in rows if r["file"] == "09_path_ablation.md")
+    assert r["answer"] == "no"          # the authors' column is not among the protocols of this summary
+    assert r["paper"].startswith("no: 0 of 18 plans (2 variants)")
+    assert "filters removed x -12.0 pp" in r["paper"] and "recalibrated accuracy y -5.0 pp" in r["paper"]
+    assert "paths that change any plan: x, y" in r["paper"]
+    assert len(claim_table(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
+                           criteria=CRITERIA)) == len(rows) - 1
