@@ -35,7 +35,7 @@ from .data import seeded_indices
 from .models import LAYER_NAMES
 from .planner import cached_ranking, plan
 from .plans import Plan, PlanSettings
-from .protocols import PATHS, get_protocol
+from .protocols import get_protocol, protocol_names
 from .store import cache_key, read_cache, save_json, with_keys
 from .surgery import mask_model, recalibrate_bn, remove_channels
 from .train import evaluate, fit
@@ -333,11 +333,8 @@ def equal_counts_report(study: Study, out=None, progress: bool = True) -> dict:
 ABLATION_MODES = ("masked", "recalibrated")
 
 
-def ablation_variants() -> list[str]:
-    """The path ablation's protocols: both end points, then each path of :data:`cmi.protocols.PATHS`
-    switched on alone in the paper's text (``paper+<path>``) and off alone in the authors' code
-    (``authors-<path>``)."""
-    return ["paper", "authors", *(f"{b}{p}" for p in PATHS for b in ("paper+", "authors-"))]
+#: the path ablation's protocols: both end points, then each path on alone / off alone
+ablation_variants = protocol_names
 
 
 def ablation_specs(cfg: Config) -> list[tuple[str, str, str]]:
@@ -346,6 +343,11 @@ def ablation_specs(cfg: Config) -> list[tuple[str, str, str]]:
     p, names = cfg.prune, cfg.controls.ablation_plans
     return [s for s in itertools.product(p.formulations, p.cutoffs, p.directions)
             if s in get_protocol("authors").plans and (names is None or "-".join(s) in names)]
+
+
+def _max_drop(cfg: Config) -> float:
+    """The plans' choice rule, ``prune.max_drop``, or 1 pp where it is unset (for "keeps accuracy")."""
+    return cfg.prune.max_drop if cfg.prune.max_drop is not None else 0.01
 
 
 def path_ablation(study: Study, progress: bool = True) -> list[dict]:
@@ -358,7 +360,7 @@ def path_ablation(study: Study, progress: bool = True) -> list[dict]:
     the plans (all nine by default)."""
     c = study.cfg.controls
     wanted = ablation_specs(study.cfg)
-    plans = {}
+    plans: dict[str, dict[str, Plan]] = {}
     for proto in tqdm(ablation_variants(), desc="path ablation", disable=not progress):
         plans[proto] = {p.name: p for p in protocol_plans(study, proto, progress=False, only=wanted)}
     rows = []
@@ -371,8 +373,7 @@ def path_ablation(study: Study, progress: bool = True) -> list[dict]:
             rows.append({"protocol": proto, "base": base, "path": proto[len(base) + 1:] or "-", "plan": name,
                          "filters_kept": p.filters_kept, "filters_total": p.filters_total,
                          "pruned (%)": round(100 * p.efficiency, 1), "fallbacks": sum(d.fallback for d in p.decisions),
-                         "changed": [d.kept for d in sorted(p.decisions, key=lambda d: d.layer)]
-                         != [d.kept for d in sorted(other.decisions, key=lambda d: d.layer)],
+                         "changed": p.kept_channels() != other.kept_channels(),
                          **{f"acc_{m}": ev[f"acc_{m}"] for m in ABLATION_MODES}, "seconds": ev["seconds"]})
     return rows
 
@@ -426,19 +427,20 @@ def ablation_report(study: Study, out=None, progress: bool = True) -> dict:
     from .plots import path_ablation_plot
 
     cfg = study.cfg
-    if not {"paper", "authors"} <= set(cfg.controls.protocols) or not ablation_specs(cfg):
+    specs = ablation_specs(cfg)
+    if not {"paper", "authors"} <= set(cfg.controls.protocols) or not specs:
         return {}
     t0 = time.perf_counter()
     rows = path_ablation(study, progress)
     seconds = time.perf_counter() - t0
-    max_drop = cfg.prune.max_drop if cfg.prune.max_drop is not None else 0.01
+    max_drop = _max_drop(cfg)
     summary = ablation_summary(rows, study.baseline["test_accuracy"], max_drop)
     if out is not None:
         base = 100 * study.baseline["test_accuracy"]
         out.table(rows, "09_path_ablation_plans", "Path ablation, one row per protocol x plan: the CMI plan's "
                   "test accuracy masked and recalibrated; 'changed': its kept channels differ from the same plan "
                   f"under the base protocol (baseline {base:.2f}%)", floatfmt=".4g")
-        names = ", ".join("-".join(x) for x in ablation_specs(cfg))
+        names = ", ".join("-".join(x) for x in specs)
         out.table(summary, "09_path_ablation", "Which of the authors' code paths moves their plans "
                   f"({names})? Each path switched on alone in the paper's text (paper+path) and off alone in the authors' code "
                   "(authors-path); effect = with the path - without it, over the same plans (pp); "
@@ -481,7 +483,7 @@ def claim_report(study: Study, equal: dict, sat: list[dict], out=None, ablation:
 
     cfg = study.cfg
     rows = claim_table(equal["summary"], equal["verdict"], equal["kept"], sat, study.baseline["test_accuracy"],
-                       cfg.prune.max_drop if cfg.prune.max_drop is not None else 0.01, tuple(cfg.controls.criteria),
+                       _max_drop(cfg), tuple(cfg.controls.criteria),
                        ablation=(ablation or {}).get("summary"))
     if out is not None:
         out.table(rows, "claim", "Does the claim hold? One row per question; protocols: "

@@ -87,12 +87,10 @@ def one_path(base: str, path: str) -> Protocol:
     return dataclasses.replace(PROTOCOLS[base], **changes, name=name, label=label, plans=authors.PLANS)
 
 
-def protocol_names(paths: bool = True) -> list[str]:
-    """'paper', 'authors' and (``paths``) every one-path variant, in the ablation's order."""
-    names = ["paper", "authors"]
-    if paths:
-        names[1:1] = [f"paper+{p}" for p in PATHS] + [f"authors-{p}" for p in PATHS]
-    return names
+def protocol_names() -> list[str]:
+    """Every protocol name, in the path ablation's order: both end points, then each path switched on
+    alone in the paper's text (``paper+<path>``) and off alone in the authors' code (``authors-<path>``)."""
+    return ["paper", "authors", *(f"{b}{p}" for p in PATHS for b in ("paper+", "authors-"))]
 
 
 def is_protocol(name) -> bool:
