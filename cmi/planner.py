@@ -34,8 +34,7 @@ from .plans import LayerDecision, Plan, PlanSettings
 from .protocols import get_protocol
 from .ranking import SATURATION_TOL, Ranking, rank_channels
 from .store import cache_key, read_cache, save_json
-from .surgery import mask_model
-from .train import evaluate
+from .train import MaskedScorer
 
 
 def cached_ranking(acts: Activations, layer: int, cond: list[tuple[int, list[int]]] = (), *, alpha: float = 1.01,
@@ -74,7 +73,7 @@ def cached_ranking(acts: Activations, layer: int, cond: list[tuple[int, list[int
 
 class _Planner:
     def __init__(self, model, acts, formulation, cutoff, settings: PlanSettings, ds, device, cache_dir, progress,
-                 on_decision):
+                 on_decision, scorer: MaskedScorer | None = None):
         self.model, self.acts, self.settings, self.ds = model, acts, settings, ds
         self.formulation, self.cutoff = formulation, cutoff
         self.protocol = get_protocol(settings.protocol)
@@ -90,6 +89,7 @@ class _Planner:
                 self.eval_x = ds.val_x[:n_sel] if n_sel else ds.val_x
                 self.eval_y = ds.val_y[:n_sel] if n_sel else ds.val_y
                 self.eval_name = f"val[:{len(self.eval_y)}]"
+            self.scorer = scorer or MaskedScorer(model, self.eval_x, self.eval_y, ds, device=device)
 
     def rank(self, layer: int, cond: list[tuple[int, list[int]]], desc: str) -> tuple[Ranking, bool]:
         s = self.settings
@@ -101,15 +101,15 @@ class _Planner:
 
     def score(self, applied: dict[int, list[int]]) -> float:
         """Accuracy of the masked network with ``applied`` kept channels, cached by content (plans and
-        the bi-directional first passes of different formulations share many of these)."""
+        the bi-directional first passes of different formulations share many of these); computed by
+        a :class:`cmi.train.MaskedScorer`, which reruns only the layers a candidate cut changes."""
         key = {"model": self.acts.model, "images": self.eval_name,
                "kept": sorted([l, sorted(k)] for l, k in applied.items())}
         path = Path(self.cache_dir) / "scores" / f"{cache_key(key)}.json" if self.cache_dir is not None else None
         cached = read_cache(path, lambda d: float(d["accuracy"]), "cached score")
         if cached is not None:
             return cached
-        acc = evaluate(mask_model(self.model, applied), self.eval_x, self.eval_y, self.ds,
-                       device=self.device)["accuracy"]
+        acc = self.scorer(applied)
         if path is not None:
             save_json({"accuracy": acc, "images": self.eval_name}, path)
         return acc
@@ -249,7 +249,8 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
         planner.run_chain(layers, [], done, "forward", out)
     else:
         # pass one: per-layer CMI and the same cutoff on every layer, each layer pruned alone
-        first = _Planner(model, acts, "per-layer", cutoff, settings, ds, device, cache_dir, progress, lambda p: None)
+        first = _Planner(model, acts, "per-layer", cutoff, settings, ds, device, cache_dir, progress, lambda p: None,
+                         scorer=getattr(planner, "scorer", None))
         first_decisions = {}
         for layer in layers:
             if layer not in out.first_pass:
