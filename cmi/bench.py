@@ -6,6 +6,7 @@
     python -m cmi.bench ranking --saturation-tol 0 --layers conv1_1 conv2_1   # the exact full greedy run
     python -m cmi.bench ranking --activations artifacts/cmi/<digest>/activations.pt   # a trained network's maps
     python -m cmi.bench saturation --profile quick   # what the stop costs and changes on the trained network
+    python -m cmi.bench scoring --profile quick --dataset fashion-mnist   # candidate-cut scoring vs mask + evaluate
 
 Part 1 ranks the same input (N=128, C=32, 4x4 maps) with the engine and with a reference that has
 the authors' cost structure (every candidate rebuilds the Gram matrices of the whole selected and
@@ -24,6 +25,10 @@ greedy run) in the same process and prints the speed-up and whether the prefix a
 ``saturation`` ranks every layer of a profile's trained network at several tolerances (0 first:
 the exact run is the reference, same process) and prints where the stop fires, the speed-up, and
 the test accuracy of keeping half of the layer in each order, next to random choices.
+
+``scoring`` scores the masks a bi-directional plan scores (:func:`plan_like_masks`) on a profile's
+held-out images, with :class:`cmi.train.MaskedScorer` and with the reference, a masked copy
+evaluated whole (``evaluate(mask_model(...))``), in the same process, and checks the accuracies agree.
 """
 from __future__ import annotations
 
@@ -293,10 +298,66 @@ def bench_saturation(profile: str, dataset: str | None, tols: list[float], keep:
           f"{np.mean([r[1] for r in randoms]):.2f} recalibrated", flush=True)
 
 
+def plan_like_masks(widths: list[int], start: int, rng, candidates: int = 3) -> list[dict[int, list[int]]]:
+    """The masks ({layer: kept channels}) a bi-directional plan scores, in its order, with random cuts:
+    the unpruned network (the reference), pass one (each layer alone, ``candidates`` cuts), the
+    forward half from ``start`` (the chain so far plus each candidate of the next layer), then the
+    backward half."""
+    cut = lambda l: sorted(rng.sample(range(widths[l]), rng.randint(1, widths[l])))  # noqa: E731
+    masks: list[dict[int, list[int]]] = [{}]
+    masks += [{l: cut(l)} for l in range(len(widths)) for _ in range(candidates)]
+    first = {start: cut(start)}
+    for half in (range(start + 1, len(widths)), range(start - 1, -1, -1)):
+        chain = dict(first)
+        for l in half:
+            masks += [{**chain, l: cut(l)} for _ in range(candidates)]
+            chain[l] = masks[-1][l]
+    return masks
+
+
+def bench_scoring(profile: str, dataset: str | None, start: int, device: torch.device) -> None:
+    """Candidate-cut scoring: :class:`cmi.train.MaskedScorer` against masking a copy and evaluating it
+    whole, on the masks of :func:`plan_like_masks` and the profile's ``prune.select_images`` held-out
+    images, with an untrained network of the profile's width (the cost does not depend on the weights)."""
+    import random
+
+    from .config import load_config
+    from .data import load_dataset
+    from .models import build_model
+    from .surgery import mask_model
+    from .train import MaskedScorer, evaluate
+
+    cfg = load_config(profile, overrides={"data.name": dataset} if dataset else None)
+    ds = load_dataset(cfg)
+    n = cfg.prune.select_images or len(ds.val_y)
+    x, y = ds.val_x[:n], ds.val_y[:n]
+    torch.manual_seed(cfg.seed)
+    model = build_model(num_classes=ds.num_classes, width=cfg.model.width, head=cfg.model.head).to(device).eval()
+    widths = [c.out_channels for c in model.convs()]
+    masks = plan_like_masks(widths, start, random.Random(cfg.seed))
+    print(f"[scoring] profile {cfg.profile} · {cfg.data.name} · width {cfg.model.width} · {len(y)} held-out images; "
+          f"{len(masks)} masks in a bi-directional plan's order from start {LAYER_NAMES[start]}", flush=True)
+    evaluate(model, x[:100], y[:100], ds, device=device)            # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    ref = [evaluate(mask_model(model, k), x, y, ds, device=device)["accuracy"] for k in masks]
+    _sync(device)
+    t_ref = time.perf_counter() - t0
+    scorer = MaskedScorer(model, x, y, ds, device=device)
+    t0 = time.perf_counter()
+    fast = [scorer(k) for k in masks]
+    _sync(device)
+    t_fast = time.perf_counter() - t0
+    print(f"    mask + evaluate whole   {t_ref:7.1f} s  ({1000 * t_ref / len(masks):.0f} ms per mask)")
+    print(f"    MaskedScorer            {t_fast:7.1f} s  ({1000 * t_fast / len(masks):.0f} ms per mask)  "
+          f"{t_ref / t_fast:.1f}x faster; accuracies {'identical' if fast == ref else 'DIFFER'} on all "
+          f"{len(masks)} masks", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cmi.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ranking", "saturation"])
+    parser.add_argument("what", choices=["ranking", "saturation", "scoring"])
     parser.add_argument("--layers", nargs="+", default=list(LAYER_NAMES), choices=LAYER_NAMES, metavar="LAYER",
                         help="VGG16 layers to rank (default: all 13)")
     parser.add_argument("--alpha", nargs="+", type=float, default=[1.01, 2.0])
@@ -306,8 +367,10 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"relative tolerance of the saturation stop; 0 = exact full run (default {SATURATION_TOL:g})")
     parser.add_argument("--exact-layers", nargs="*", default=["conv1_1", "conv2_1"], choices=LAYER_NAMES,
                         metavar="LAYER", help="layers also ranked exactly, for the speed-up (default: conv1_1 conv2_1)")
-    parser.add_argument("--profile", default="quick", help="saturation: the profile whose trained network is used")
-    parser.add_argument("--dataset", default=None, help="saturation: dataset override (e.g. fashion-mnist)")
+    parser.add_argument("--profile", default="quick", help="saturation, scoring: the profile (its network, images)")
+    parser.add_argument("--dataset", default=None, help="saturation, scoring: dataset override (e.g. fashion-mnist)")
+    parser.add_argument("--start", default="conv2_1", choices=LAYER_NAMES,
+                        help="scoring: the plan's start layer (default conv2_1, quick's per-layer scree plan)")
     parser.add_argument("--tols", nargs="+", type=float, default=[0.0, 1e-2, 1e-3, 1e-4, 1e-6],
                         help="saturation: tolerances compared (0 = exact, the reference; list it first)")
     parser.add_argument("--keep", type=float, default=0.5, help="saturation: fraction of a layer kept")
@@ -335,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.what == "saturation":
             bench_saturation(args.profile, args.dataset, args.tols, args.keep, args.test_images, args.seeds,
                              sys.stderr.isatty())
+        elif args.what == "scoring":
+            bench_scoring(args.profile, args.dataset, LAYER_NAMES.index(args.start), device)
         elif not args.skip_reference:
             bench_reference(device)
         if args.what == "ranking" and not args.skip_vgg:

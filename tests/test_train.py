@@ -103,27 +103,11 @@ def test_missing_or_corrupt_model_file(tmp_path):
         load_model(bad)
 
 
-def _masks_like_a_plan(model, rng):
-    """Masks in the orders a plan scores them: single layers (pass one), a forward chain with three
-    candidates per layer, a backward half below a start layer, then the whole network at random."""
-    widths = [c.out_channels for c in model.convs()]
-    cut = lambda l: sorted(rng.sample(range(widths[l]), rng.randint(1, widths[l])))  # noqa: E731
-    masks = [{}, *({l: cut(l)} for l in range(13))]
-    chain = {4: cut(4)}
-    for l in range(5, 13):
-        masks += [{**chain, l: cut(l)} for _ in range(3)]
-        chain[l] = masks[-1][l]
-    chain = {4: chain[4]}
-    for l in (3, 2, 1, 0):
-        masks += [{**chain, l: cut(l)} for _ in range(3)]
-        chain[l] = masks[-1][l]
-    return masks + [{l: cut(l) for l in range(13)}, masks[5], masks[20]]
-
-
 @pytest.mark.parametrize("budget", [1 << 30, 1])
 def test_masked_scorer_matches_masking_then_evaluating_bit_for_bit(trained, budget):
     import random
 
+    from cmi.bench import plan_like_masks
     from cmi.surgery import mask_model
     from cmi.train import MaskedScorer
 
@@ -132,7 +116,10 @@ def test_masked_scorer_matches_masking_then_evaluating_bit_for_bit(trained, budg
     scorer = MaskedScorer(model, x, y, ds, batch_size=40, budget_bytes=budget)
     batches = [ds.normalize(x[i:i + 40]).contiguous(memory_format=torch.channels_last) for i in range(0, 96, 40)]
     accs = set()
-    for kept in _masks_like_a_plan(model, random.Random(0)):
+    rng = random.Random(0)
+    widths = [c.out_channels for c in model.convs()]
+    masks = plan_like_masks(widths, 4, rng)
+    for kept in masks + [{l: sorted(rng.sample(range(w), w // 2)) for l, w in enumerate(widths)}, masks[5], masks[40]]:
         masked = mask_model(model, kept)
         with torch.no_grad():
             naive = torch.cat([masked(b) for b in batches])
@@ -144,4 +131,4 @@ def test_masked_scorer_matches_masking_then_evaluating_bit_for_bit(trained, budg
         assert held <= budget or len(scorer.prefixes) == 1
     assert len(accs) > 3                      # the masks do change the answer
     if budget > 1:                            # a layer's candidates share the prefix before it
-        assert any(pos == scorer.positions[12] and len(masks) == 8 for pos, masks in scorer.prefixes)
+        assert any(pos == scorer.positions[12] and len(prior) == 8 for pos, prior in scorer.prefixes)
