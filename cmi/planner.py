@@ -79,6 +79,7 @@ class _Planner:
         self.protocol = get_protocol(settings.protocol)
         self.device, self.cache_dir, self.progress, self.on_decision = device, cache_dir, progress, on_decision
         self.lock = threading.Lock()
+        self.scorer = None
         if ds is not None:
             n_sel = settings.select_images
             if self.protocol.choose_on == "test":     # the authors' choice; select_images of them, seeded
@@ -250,7 +251,7 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
     else:
         # pass one: per-layer CMI and the same cutoff on every layer, each layer pruned alone
         first = _Planner(model, acts, "per-layer", cutoff, settings, ds, device, cache_dir, progress, lambda p: None,
-                         scorer=getattr(planner, "scorer", None))
+                         scorer=planner.scorer)
         first_decisions = {}
         for layer in layers:
             if layer not in out.first_pass:

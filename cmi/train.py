@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,12 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
+def _inputs(x: torch.Tensor, ds: Dataset, device: torch.device, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 images ``x`` as the network sees them: normalised batches on ``device``, channels_last."""
+    for i in range(0, len(x), batch_size):
+        yield ds.normalize(x[i:i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ds: Dataset, *, device: torch.device | str = "cpu",
              batch_size: int = 1000) -> dict[str, float]:
@@ -44,9 +50,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ds: Dataset, *,
     device = torch.device(device)
     model.eval()
     correct, loss_sum = 0, 0.0
-    for i in range(0, len(y), batch_size):
-        xb = ds.normalize(x[i:i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-        yb = y[i:i + batch_size].to(device)
+    for xb, yb in zip(_inputs(x, ds, device, batch_size), torch.split(y, batch_size)):
+        yb = yb.to(device)
         with _autocast(device):
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
@@ -97,7 +102,7 @@ class MaskedScorer:
         from .surgery import kept_per_layer, mask_model
 
         kept = kept_per_layer(self.model, kept)[0]
-        masked = mask_model(self.model, kept).eval()
+        masked = mask_model(self.model, kept)
         stops = sorted({self.positions[l] for l in kept})
         start, batches = 0, None
         with self.lock:
@@ -107,8 +112,7 @@ class MaskedScorer:
                     self.prefixes.move_to_end(key)
                     break
         if batches is None:
-            batches = [self.ds.normalize(self.x[i:i + self.batch_size].to(self.device)).contiguous(
-                memory_format=torch.channels_last) for i in range(0, len(self.y), self.batch_size)]
+            batches = list(_inputs(self.x, self.ds, self.device, self.batch_size))
         with _autocast(self.device):
             for pos in stops:
                 if pos > start:
