@@ -46,9 +46,10 @@ def _inputs(x: torch.Tensor, ds: Dataset, device: torch.device, batch_size: int)
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ds: Dataset, *, device: torch.device | str = "cpu",
              batch_size: int = 1000) -> dict[str, float]:
-    """Accuracy (fraction in [0, 1]) and mean cross-entropy (nats) of ``model`` on uint8 images ``x``."""
+    """Accuracy (fraction in [0, 1]) and mean cross-entropy (nats) of ``model`` on uint8 images ``x``.
+    ``model`` is moved to ``device`` in place (as :func:`fit` does) and left in eval mode."""
     device = torch.device(device)
-    model.eval()
+    model.to(device).eval()
     correct, loss_sum = 0, 0.0
     for xb, yb in zip(_inputs(x, ds, device, batch_size), torch.split(y, batch_size)):
         yb = yb.to(device)
@@ -71,7 +72,7 @@ class MaskedScorer:
     share everything before it, a chain's next layer extends its previous one. Prefixes are kept while
     they fit ``budget_bytes`` (least recently used first out). Thread-safe.
 
-    ``model``: a :class:`VGG16` on ``device``, in eval mode; ``x``: uint8 images (B, C, 32, 32);
+    ``model``: a :class:`VGG16` (moved to ``device`` in place, set to eval mode); ``x``: uint8 images (B, C, 32, 32);
     ``y``: labels (B,)."""
 
     def __init__(self, model: VGG16, x: torch.Tensor, y: torch.Tensor, ds: Dataset, *,
@@ -79,8 +80,8 @@ class MaskedScorer:
         import threading
         from collections import OrderedDict
 
-        self.model, self.x, self.y, self.ds = model.eval(), x, y, ds
         self.device, self.batch_size, self.budget = torch.device(device), batch_size, budget_bytes
+        self.model, self.x, self.y, self.ds = model.to(self.device).eval(), x, y, ds
         self.positions = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
         self.prefixes: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()   # (position, masks) -> batches
         self.lock = threading.Lock()

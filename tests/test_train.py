@@ -132,3 +132,22 @@ def test_masked_scorer_matches_masking_then_evaluating_bit_for_bit(trained, budg
     assert len(accs) > 3                      # the masks do change the answer
     if budget > 1:                            # a layer's candidates share the prefix before it
         assert any(pos == scorer.positions[12] and len(prior) == 8 for pos, prior in scorer.prefixes)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a lent GPU)")
+def test_evaluate_and_masked_scorer_run_a_cpu_model_on_cuda(trained):
+    """A plan hands its scorer the baseline as loaded (on the CPU); on CUDA both must move it there and
+    give the CPU's accuracy up to bf16 autocast."""
+    import copy
+
+    from cmi.surgery import mask_model
+    from cmi.train import MaskedScorer
+
+    model, _, ds = trained
+    model = copy.deepcopy(model).cpu()
+    x, y = ds.val_x[:96], ds.val_y[:96]
+    kept = {l: list(range(c.out_channels // 2)) for l, c in enumerate(model.convs()) if l % 3 == 1}
+    on_cpu = evaluate(mask_model(model, kept), x, y, ds)["accuracy"]
+    on_cuda = evaluate(mask_model(model.cpu(), kept), x, y, ds, device="cuda")["accuracy"]
+    scored = MaskedScorer(model.cpu(), x, y, ds, device="cuda")(kept)
+    assert abs(on_cuda - on_cpu) <= 0.05 and abs(scored - on_cpu) <= 0.05, (on_cpu, on_cuda, scored)
