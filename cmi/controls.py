@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from .config import MODES, Config
 from .criteria import Context, get_criterion
 from .data import seeded_indices
 from .models import LAYER_NAMES
-from .planner import cached_ranking, plan
+from .planner import cached_ranking, is_cached, plan
 from .plans import Plan, PlanSettings
 from .protocols import get_protocol, protocol_names
 from .store import cache_key, read_cache, save_json, with_keys
@@ -132,12 +134,73 @@ def protocol_plans(study: Study, protocol: str, progress: bool = True, only=None
     defined = get_protocol(protocol).plans
     specs = [s for s in itertools.product(p.formulations, p.cutoffs, p.directions)
              if (defined is None or s in defined) and (only is None or s in only)]
+    ordered = sorted(specs, key=lambda s: s[1] == "ptest")
+    todo = [s for s in ordered if not is_cached(study.acts, *s, settings, study.folder)]
+    if len(todo) > 2 and _plan_workers(study) > 1:
+        # the first plan alone (it ranks the per-layer sets the others share), then the rest in processes
+        precompute_plans(study, [(protocol, s) for s in todo[1:]], first=(protocol, todo[0]), progress=progress)
     made = {}
-    for formulation, cutoff, direction in sorted(specs, key=lambda s: s[1] == "ptest"):
+    for formulation, cutoff, direction in ordered:
         made[formulation, cutoff, direction], _ = plan(
             study.model, study.acts, formulation=formulation, cutoff=cutoff, direction=direction, ds=study.ds,
             settings=settings, device=study.device, cache_dir=study.folder, progress=progress, parallel=p.parallel)
     return [made[s] for s in specs]
+
+
+def _plan_workers(study: Study) -> int:
+    """Processes that compute plans side by side: 2 on a multi-core CPU (a plan's eigendecompositions
+    run on one thread), else 1."""
+    return 2 if study.device.type == "cpu" and (os.cpu_count() or 1) > 1 else 1
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(cfg: Config, threads: int) -> None:
+    torch.set_num_threads(threads)           # the parent's: a plan's arithmetic must not depend on where it ran
+    _WORKER["study"] = prepare_study(cfg, progress=False)
+
+
+def _worker_plan(protocol: str, spec: tuple[str, str, str]) -> None:
+    _plan_one(_WORKER["study"], protocol, spec)
+
+
+def _plan_one(study: Study, protocol: str, spec: tuple[str, str, str]) -> None:
+    cfg = study.cfg.replace({"prune.protocol": protocol})
+    formulation, cutoff, direction = spec
+    plan(study.model, study.acts, formulation=formulation, cutoff=cutoff, direction=direction, ds=study.ds,
+         settings=PlanSettings.from_config(cfg), device=study.device, cache_dir=study.folder, progress=False,
+         parallel=cfg.prune.parallel)
+
+
+def precompute_plans(study: Study, jobs: list[tuple[str, tuple[str, str, str]]], first=None,
+                     progress: bool = True) -> None:
+    """Compute the plans ``jobs`` ((protocol, (formulation, cutoff, direction))) into the cache, two at a
+    time in worker processes (each loads the study from the cache); ``first``, a job, is computed
+    before the others start, here. The plans are the ones :func:`cmi.planner.plan` computes in this
+    process, bit for bit: every worker runs with this process's thread count, and each plan's arithmetic
+    depends only on its inputs and that count (the test compares them)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    if first is not None:
+        _plan_one(study, *first)
+    if not jobs:
+        return
+    # the likely slowest first, so that neither process is left with a long plan at the end
+    jobs = sorted(jobs, key=lambda j: (j[1][0] == "per-layer", j[1][1] != "ptest", j[1][0] != "full"))
+    try:
+        with ProcessPoolExecutor(_plan_workers(study), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(study.cfg, torch.get_num_threads())) as pool:
+            futures = [pool.submit(_worker_plan, proto, spec) for proto, spec in jobs]
+            for f in tqdm(as_completed(futures), total=len(futures), desc="plans (2 processes)",
+                          disable=not progress):
+                f.result()
+    except BrokenProcessPool as e:   # e.g. a script without `if __name__ == "__main__":` (spawn re-runs it)
+        warnings.warn(f"the plan worker processes stopped ({e}); the remaining plans are computed in this "
+                      "process. A script that calls this needs an `if __name__ == '__main__':` guard.",
+                      RuntimeWarning, stacklevel=2)
 
 
 def study_plans(study: Study, progress: bool = True) -> list[tuple[str, Plan]]:

@@ -178,6 +178,36 @@ class _Planner:
             chain.append(layer)
 
 
+def _effective(settings: PlanSettings) -> PlanSettings:
+    """The settings a plan runs with: a protocol that ranks exactly ranks every greedy pick."""
+    if get_protocol(settings.protocol).exact_ranking:
+        return dataclasses.replace(settings, saturation_tol=0.0)
+    return settings
+
+
+def _progress_path(settings: PlanSettings, cache_dir: Path | None, name: str) -> Path | None:
+    return Path(cache_dir) / "plans" / cache_key(settings.to_dict(), 10) / f"{name}.json" if cache_dir else None
+
+
+def _saved(acts: Activations, formulation: str, cutoff: str, direction: str, settings: PlanSettings,
+           path: Path | None) -> Plan | None:
+    """The plan saved at ``path`` (complete or in progress) when it belongs to these activations and settings."""
+    saved = read_cache(path, Plan.from_dict, "saved plan")
+    fresh = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, settings.to_dict(), [])
+    if saved is not None and (saved.model, saved.settings, saved.widths) == (fresh.model, fresh.settings, fresh.widths):
+        return saved
+    return None
+
+
+def is_cached(acts: Activations, formulation: str, cutoff: str, direction: str, settings: PlanSettings,
+              cache_dir: Path | None) -> bool:
+    """Whether :func:`plan` would load this plan whole from ``cache_dir`` (nothing to compute)."""
+    settings = _effective(settings)
+    saved = _saved(acts, formulation, cutoff, direction, settings,
+                   _progress_path(settings, cache_dir, f"{formulation}-{cutoff}-{direction}"))
+    return saved is not None and saved.complete
+
+
 def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cutoff: str = "scree",
          direction: str = "forward", ds: Dataset | None = None, settings: PlanSettings = PlanSettings(),
          device=None, cache_dir: Path | None = None, progress: bool = True, parallel: bool | None = None
@@ -206,8 +236,7 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
         if value not in allowed:
             raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
     protocol = get_protocol(settings.protocol)
-    if protocol.exact_ranking:
-        settings = dataclasses.replace(settings, saturation_tol=0.0)
+    settings = _effective(settings)
     check_vgg(model)
     acts.check_model(model)
     device = resolve_device(device)
@@ -216,16 +245,13 @@ def plan(model: VGG16, acts: Activations, *, formulation: str = "per-layer", cut
     one_chain = direction == "bidirectional" and formulation == "full" and protocol.full_bidirectional_one_chain
     t0 = time.perf_counter()
     name = f"{formulation}-{cutoff}-{direction}"
-    progress_path = (Path(cache_dir) / "plans" / cache_key(settings.to_dict(), 10) / f"{name}.json"
-                     if cache_dir is not None else None)
-    fresh = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, settings.to_dict(), [])
-    current = fresh
-    saved = read_cache(progress_path, Plan.from_dict, "saved plan")
+    progress_path = _progress_path(settings, cache_dir, name)
+    current = Plan(formulation, cutoff, direction, list(acts.widths), acts.model, settings.to_dict(), [])
+    saved = _saved(acts, formulation, cutoff, direction, settings, progress_path)
     if saved is not None:
-        if saved.model == fresh.model and saved.settings == fresh.settings and saved.widths == fresh.widths:
-            if saved.complete:
-                return saved, True
-            current = saved
+        if saved.complete:
+            return saved, True
+        current = saved
     prior_seconds = current.seconds
 
     def checkpoint(p: Plan) -> None:

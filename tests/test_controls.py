@@ -317,3 +317,33 @@ def test_path_ablation_isolates_each_path(tiny_cfg):
         assert summary[f"authors-{path}"]["effect on masked (pp)"] == pytest.approx(
             100 * (by["authors"]["acc_masked"] - by[f"authors-{path}"]["acc_masked"]), abs=0.0051)
     assert "effect on pruned (pp)" not in summary["paper"] and summary["authors"]["plans"] == 1
+
+
+def test_plans_computed_two_at_a_time_in_processes_equal_the_sequential_ones(tiny_cfg, monkeypatch):
+    """The nine plans of the authors' protocol (exact rankings, every cutoff and formulation), computed
+    in this process one after another, then again from empty plan, ranking and score caches by
+    :func:`precompute_plans` in two worker processes: the same decisions, rankings and scores."""
+    import cmi.controls as controls
+
+    def strip(d):
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if k != "seconds"}
+        return [strip(v) for v in d] if isinstance(d, list) else d
+
+    cfg = tiny_cfg.replace({"cmi.n_samples": 32, "cmi.permutations": 10,
+                            "prune.formulations": ["per-layer", "compact", "full"],
+                            "prune.cutoffs": ["scree", "xmeans", "ptest"],
+                            "prune.directions": ["forward", "bidirectional"]})
+    study = controls.prepare_study(cfg, progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(controls, "_plan_workers", lambda study: 1)
+        sequential = [strip(p.to_dict()) for p in controls.protocol_plans(study, "authors", progress=False)]
+    assert len(sequential) == 9
+    for sub in ("plans", "rankings", "scores"):
+        (study.folder / sub).rename(study.folder / f"{sub}-sequential")
+    calls = []
+    real = controls.precompute_plans
+    monkeypatch.setattr(controls, "precompute_plans", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    parallel = [strip(p.to_dict()) for p in controls.protocol_plans(study, "authors", progress=False)]
+    assert calls == [8]                               # the first alone, the other eight in the workers
+    assert parallel == sequential
