@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10, FashionMNIST
-from torchvision.datasets.utils import check_integrity, download_url
 
 from .config import Config, DataConfig
 from .errors import DatasetUnavailable
@@ -33,15 +32,33 @@ from .paths import data_root
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+#: Label names 0-9 as Fashion-MNIST's README lists them (torchvision's ``FashionMNIST.classes``, which a
+#: test compares; written out so that loading the data does not import torchvision).
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-# torchvision's source of truth for the CIFAR-10 archive; module attributes so tests can point
-# the loader at a fixture archive or an unreachable URL.
-CIFAR10_URL, CIFAR10_ARCHIVE, CIFAR10_MD5 = CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5
-CIFAR10_FOLDER = CIFAR10.base_folder
-CIFAR10_BATCHES = [name for name, _ in CIFAR10.train_list], [name for name, _ in CIFAR10.test_list]
+# torchvision's source of truth for the CIFAR-10 archive: module attributes (so tests can point the
+# loader at a fixture archive or an unreachable URL), read from torchvision on first use, since
+# importing torchvision costs about a second (it imports torch._dynamo) that most users never need.
+_CIFAR10_NAMES = ("CIFAR10_URL", "CIFAR10_ARCHIVE", "CIFAR10_MD5", "CIFAR10_FOLDER", "CIFAR10_BATCHES")
+
+
+def __getattr__(name: str):
+    if name in _CIFAR10_NAMES:
+        from torchvision.datasets import CIFAR10
+        globals().update(CIFAR10_URL=CIFAR10.url, CIFAR10_ARCHIVE=CIFAR10.filename, CIFAR10_MD5=CIFAR10.tgz_md5,
+                         CIFAR10_FOLDER=CIFAR10.base_folder,
+                         CIFAR10_BATCHES=([n for n, _ in CIFAR10.train_list], [n for n, _ in CIFAR10.test_list]))
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _cifar(name: str):
+    """A CIFAR-10 constant as the module holds it now (loaded on first use, or patched by a test)."""
+    return getattr(sys.modules[__name__], name)
 
 
 @dataclass
@@ -157,11 +174,12 @@ def load_dataset(cfg: Config | DataConfig, seed: int | None = None, root: Path |
 
 
 def _cifar_missing_message(root: Path, reason: str) -> str:
-    folder = root / CIFAR10_FOLDER
-    names = ", ".join(CIFAR10_BATCHES[0] + CIFAR10_BATCHES[1] + ["batches.meta"])
+    folder, (train, test) = root / _cifar("CIFAR10_FOLDER"), _cifar("CIFAR10_BATCHES")
+    names = ", ".join(train + test + ["batches.meta"])
+    archive, url, md5 = root / _cifar("CIFAR10_ARCHIVE"), _cifar("CIFAR10_URL"), _cifar("CIFAR10_MD5")
     return (f"CIFAR-10 is not in {root} and could not be downloaded ({reason}).\n"
             f"Expected one of:\n"
-            f"  {root / CIFAR10_ARCHIVE}  (the archive from {CIFAR10_URL}, md5 {CIFAR10_MD5}), or\n"
+            f"  {archive}  (the archive from {url}, md5 {md5}), or\n"
             f"  {folder}/ holding {names}.\n"
             f"Fix: copy cifar-10-python.tar.gz into {root}/ (or set CMI_DATA to the folder holding it), "
             f"or use another dataset, e.g. dataset=fashion-mnist.")
@@ -170,28 +188,31 @@ def _cifar_missing_message(root: Path, reason: str) -> str:
 def load_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """CIFAR-10 from ``root``: the extracted batches, else the archive (checked, then extracted),
     else a download of the archive. Any failure is one :class:`DatasetUnavailable` message."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
     root = Path(root)
-    folder, archive = root / CIFAR10_FOLDER, root / CIFAR10_ARCHIVE
-    if not all((folder / f).is_file() for f in CIFAR10_BATCHES[0] + CIFAR10_BATCHES[1]):
+    name, url, md5 = _cifar("CIFAR10_ARCHIVE"), _cifar("CIFAR10_URL"), _cifar("CIFAR10_MD5")
+    folder, archive, batches = root / _cifar("CIFAR10_FOLDER"), root / name, _cifar("CIFAR10_BATCHES")
+    if not all((folder / f).is_file() for f in batches[0] + batches[1]):
         if not archive.is_file():
-            part = f".{CIFAR10_ARCHIVE}.part"
+            part = f".{name}.part"
             try:
-                download_url(CIFAR10_URL, str(root), filename=part)
+                download_url(url, str(root), filename=part)
             except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP errors all mean the same here
                 (root / part).unlink(missing_ok=True)
                 raise DatasetUnavailable(_cifar_missing_message(root, f"{type(e).__name__}: {e}")) from None
             os.replace(root / part, archive)
-        if not check_integrity(str(archive), CIFAR10_MD5):
+        if not check_integrity(str(archive), md5):
             raise DatasetUnavailable(
-                f"{archive} is corrupt or incomplete (its md5 is not {CIFAR10_MD5}, "
-                f"size {archive.stat().st_size} bytes). Delete it and download it again from {CIFAR10_URL}.")
+                f"{archive} is corrupt or incomplete (its md5 is not {md5}, "
+                f"size {archive.stat().st_size} bytes). Delete it and download it again from {url}.")
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(root, filter="data")
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DatasetUnavailable(f"could not extract {archive}: {e}") from None
-    train = [_read_cifar_batch(folder / f) for f in CIFAR10_BATCHES[0]]
-    test = _read_cifar_batch(folder / CIFAR10_BATCHES[1][0])
+    train = [_read_cifar_batch(folder / f) for f in batches[0]]
+    test = _read_cifar_batch(folder / batches[1][0])
     classes = _read_cifar_meta(folder / "batches.meta")
     train_x = torch.cat([x for x, _ in train])
     train_y = torch.cat([y for _, y in train])
@@ -262,6 +283,7 @@ def load_fashion_mnist(root: Path, explicit: bool = False):
     places = [raw, DEBIAN_FASHION_MNIST] if explicit else [DEBIAN_FASHION_MNIST, raw]
     files = next((f for f in map(_fashion_files, places) if f is not None), None)
     if files is None:
+        from torchvision.datasets import FashionMNIST
         try:
             for train in (True, False):
                 FashionMNIST(str(root), train=train, download=True)
@@ -281,7 +303,7 @@ def load_fashion_mnist(root: Path, explicit: bool = False):
                                      f"expected (n, 28, 28) and (n,). Replace them with the original files.")
         xs[split], ys[split] = torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
     pad = lambda x: F.pad(x[:, None], (2, 2, 2, 2))  # noqa: E731 - (n, 28, 28) -> (n, 1, 32, 32)
-    return pad(xs["train"]), ys["train"], pad(xs["test"]), ys["test"], list(FashionMNIST.classes)
+    return pad(xs["train"]), ys["train"], pad(xs["test"]), ys["test"], list(FASHION_CLASSES)
 
 
 def make_synthetic(root: Path | None = None, n_train: int = 2000, n_test: int = 500, seed: int = 1234):

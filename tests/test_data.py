@@ -209,3 +209,21 @@ def test_fashion_mnist_corrupt_idx_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(DatasetUnavailable, match=r"t10k-images-idx3-ubyte\.gz is not a readable IDX file .*"
                                                  r"Replace it with the original file"):
         load_dataset(load_config("smoke", {"dataset": "fashion-mnist", "val_size": 5}))
+
+
+def test_constants_written_out_or_loaded_lazily_are_torchvisions():
+    from torchvision.datasets import CIFAR10, FashionMNIST
+
+    from cmi import data
+    assert list(data.FASHION_CLASSES) == FashionMNIST.classes
+    assert (data.CIFAR10_URL, data.CIFAR10_MD5, data.CIFAR10_ARCHIVE) == (CIFAR10.url, CIFAR10.tgz_md5, CIFAR10.filename)
+    assert data.CIFAR10_BATCHES[1] == ["test_batch"] and len(data.CIFAR10_BATCHES[0]) == 5
+
+
+def test_loading_fashion_mnist_does_not_import_torchvision(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; from cmi.config import load_config; from cmi.data import load_dataset; "
+            "load_dataset(load_config('smoke', {'dataset': 'fashion-mnist'})); print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
