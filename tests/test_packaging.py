@@ -89,3 +89,28 @@ def test_notebook_runner_injects_the_parameters_and_starts_the_kernel_quietly(tm
     assert "without encryption" not in r.stderr and "WARNING" not in r.stderr, r.stderr[-2000:]
     params = json.loads(out.read_text())["metadata"]["papermill"]["parameters"]
     assert params == {"profile": "smoke", "overrides": "train.epochs=1"}
+
+
+def test_the_notebook_theme_is_seaborns_whitegrid_without_importing_seaborn():
+    import subprocess
+    import sys
+
+    import matplotlib
+    import seaborn as sns
+
+    from cmi.plots import set_theme
+
+    def applied(apply):
+        with matplotlib.rc_context():
+            matplotlib.rcdefaults()
+            apply()
+            return {k: v for k, v in matplotlib.rcParams.items() if k != "image.cmap"}
+
+    ours = applied(set_theme)
+    theirs = applied(lambda: sns.set_theme(context="notebook", style="whitegrid"))
+    assert ours == theirs, {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+    assert ours != applied(lambda: None)
+    code = ("import sys; from cmi.outputs import start_notebook; import cmi.plots, cmi.controls; "
+            "start_notebook('smoke', 'fashion-mnist', notebook='t'); print(sorted({'seaborn', 'scipy', 'torchvision'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
