@@ -135,8 +135,9 @@ def protocol_plans(study: Study, protocol: str, progress: bool = True, only=None
     specs = [s for s in itertools.product(p.formulations, p.cutoffs, p.directions)
              if (defined is None or s in defined) and (only is None or s in only)]
     ordered = sorted(specs, key=lambda s: s[1] == "ptest")
-    todo = [s for s in ordered if not is_cached(study.acts, *s, settings, study.folder)]
-    if len(todo) > 2 and _plan_workers(study) > 1:
+    todo = ([s for s in ordered if not is_cached(study.acts, *s, settings, study.folder)]
+            if _plan_workers(study) > 1 else [])
+    if len(todo) > 2:
         # the first plan alone (it ranks the per-layer sets the others share), then the rest in processes
         precompute_plans(study, [(protocol, s) for s in todo[1:]], first=(protocol, todo[0]), progress=progress)
     made = {}

@@ -35,11 +35,10 @@ def plan_order(cfg: Config) -> list[tuple[str, str, str]]:
 def run(cfg: Config, deadline_s: float, out: Path, progress: bool = False, command: str = "") -> dict:
     """Run ``cfg``'s stages until ``deadline_s`` seconds have passed; returns the report (also written to ``out``)."""
     from .bench import estimate_run
-    from .data import load_dataset
     from .planner import plan
     from .plans import PlanSettings
-    from .sweep import evaluate_plan, load_or_capture, sweep_dir
-    from .train import hardware_name, resolve_device, train_baseline
+    from .sweep import evaluate_plan, prepare
+    from .train import hardware_name, resolve_device
 
     t_start = time.perf_counter()
     elapsed = lambda: time.perf_counter() - t_start  # noqa: E731
@@ -62,20 +61,13 @@ def run(cfg: Config, deadline_s: float, out: Path, progress: bool = False, comma
     report["stages"]["estimate"] = time.perf_counter() - t0
     save()
 
-    t0 = time.perf_counter()
-    base = train_baseline(cfg, progress=progress)
-    report["stages"]["baseline"] = time.perf_counter() - t0
+    timings: dict[str, float] = {}
+    base, ds, folder, acts, device = prepare(cfg, progress, timings)     # the sweep's baseline and capture
+    report["stages"].update(timings)
     report["baseline"] = {"cached": base.cached, "test_accuracy": base.metrics["test_accuracy"],
                           "hardware": base.metrics.get("hardware"),
                           "epoch_seconds": [r["seconds"] for r in base.history],
                           "test_acc_by_epoch": [r.get("test_acc") for r in base.history]}
-    save()
-
-    t0 = time.perf_counter()
-    ds = load_dataset(cfg)
-    folder = sweep_dir(cfg)
-    acts, loaded = load_or_capture(cfg, base.model, ds, folder, device)
-    report["stages"]["capture"] = time.perf_counter() - t0
     save()
 
     settings = PlanSettings.from_config(cfg)

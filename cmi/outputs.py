@@ -74,8 +74,10 @@ class Outputs:
         fig.text(0.995, 0.005, self.caption, ha="right", va="bottom", fontsize=7, color="0.35")
         # the tight bounding box once, at the PNG's dpi, for both files: bbox_inches="tight" would draw
         # each file twice (once only to measure), and drawing is most of a cached notebook's time
+        shown_dpi = fig.dpi
         fig.set_dpi(150)
         bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
+        fig.set_dpi(shown_dpi)                 # the notebook still shows it at its own dpi
         for ext in ("png", "pdf"):
             path = self.folder / f"{name}.{ext}"
             atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150, bbox_inches=bbox))

@@ -127,9 +127,9 @@ def mi_curves(rankings: list, title: str = ""):
 
 def kept_heatmap(layers_df, title: str = "Filters kept per layer (% of the layer)"):
     """Heatmap: one row per plan, one column per layer, cells = percent of filters kept."""
-    pivot = layers_df.pivot(index="plan", columns="name", values="kept_fraction")[list(LAYER_NAMES)] * 100
     import seaborn as sns
 
+    pivot = layers_df.pivot(index="plan", columns="name", values="kept_fraction")[list(LAYER_NAMES)] * 100
     counts = layers_df.pivot(index="plan", columns="name", values="kept")[list(LAYER_NAMES)]
     fig, ax = plt.subplots(figsize=(12, 0.42 * len(pivot) + 1.8))
     sns.heatmap(pivot, annot=counts, fmt="d", cmap="viridis", vmin=0, vmax=100, ax=ax,
@@ -141,13 +141,13 @@ def kept_heatmap(layers_df, title: str = "Filters kept per layer (% of the layer
 
 def accuracy_bars(results_df, columns=("acc_masked", "acc_removed", "acc_finetuned"), title: str = ""):
     """Test accuracy of each plan under each way of applying it, with the baseline as a line."""
+    import seaborn as sns
+
     base = results_df.loc[results_df.plan == "baseline", "acc_baseline"].iloc[0] * 100
     df = results_df[results_df.plan != "baseline"]
     cols = [c for c in columns if c in df and df[c].notna().any()]
     long = df.melt(id_vars=["plan"], value_vars=cols, var_name="applied as", value_name="accuracy")
     long["accuracy"] = long["accuracy"].astype(float) * 100
-    import seaborn as sns
-
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(df) * max(1, len(cols)) / 2 + 2))
     sns.barplot(long, y="plan", x="accuracy", hue="applied as", ax=ax, orient="h")
     ax.axvline(base, color="k", ls="--", lw=1, label=f"baseline {base:.2f}%")
