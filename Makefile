@@ -1,12 +1,13 @@
 # make test        create .venv (tested torch pinned below), run the unit tests and validate the notebooks
-# make reproduce   run the numbered notebooks with papermill: PROFILE=paper|quick|smoke, DATASET=cifar10|fashion-mnist,
+# make reproduce   run the numbered notebooks with papermill; default PROFILE=quick (Fashion-MNIST, ~50 min on 2 cores).
+#                  PROFILE=paper|medium|quick|smoke, DATASET=cifar10|fashion-mnist (default: the profile's),
 #                  SET="train.epochs=3 cmi.n_samples=64" for any other config field
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
 # make controls    the controls study (both protocols, criteria at equal counts, sensitivity, saturation): PROFILE, DATASET, SET
 # make lab         JupyterLab on notebooks/
 # make strip       strip committed notebooks of outputs (except NBVAL_CHECK_OUTPUT cells) and volatile metadata
 # make env         only create the environment
-# make readme      refresh the README tables from the files in figures/ (<!-- include: ... --> blocks)
+# make readme      refresh the README and docs/ tables from the files in figures/ (<!-- include: ... --> blocks)
 # make clean       remove build outputs and cached artifacts (keeps .venv and data/)
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The tested releases; pyproject.toml declares a compatible range.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
-PROFILE ?= paper
+PROFILE ?= quick
 DATASET ?=
 SET ?=
 OVERRIDES := $(if $(DATASET),dataset=$(DATASET)) $(SET)
@@ -68,7 +69,7 @@ strip: env
 
 readme: env
 	$(PY) -c 'from pathlib import Path; from cmi.outputs import fill_includes; from cmi.store import atomic_write_text; \
-		atomic_write_text(Path("README.md"), fill_includes(Path("README.md").read_text(), Path(".")))'
+		[atomic_write_text(p, fill_includes(p.read_text(), Path("."))) for p in [Path("README.md"), *sorted(Path("docs").glob("*.md"))]]'
 
 clean:
 	rm -rf build artifacts .pytest_cache

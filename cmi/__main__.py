@@ -51,13 +51,13 @@ def _run(args) -> int:
         print(f"test accuracy {100 * m['test_accuracy']:.2f}%  train time {m['train_seconds']:.0f} s  "
               f"({m['hardware']})")
     elif args.command == "estimate":
-        from .bench import estimate_run, format_estimate
+        from .estimate import estimate_run, format_estimate
         print(format_estimate(cfg, estimate_run(cfg)))
     elif args.command == "controls":
-        from .config import _parse_overrides
+        from .config import parse_overrides
         from .controls import run_controls
         from .outputs import Outputs, run_folder
-        out = Outputs(cfg, "controls", run_folder(cfg, _parse_overrides(args.overrides)))
+        out = Outputs(cfg, "controls", run_folder(cfg, parse_overrides(args.overrides)))
         tables = run_controls(cfg, progress=not args.no_progress, out=out)
         out.finish()
         for row in tables["verdict"]:
@@ -73,7 +73,7 @@ def _run(args) -> int:
             cells = [f"{row.get(c):.4f}" if isinstance(row.get(c), float) else str(row.get(c)) for c in cols]
             print(" ".join(f"{v:>14s}" if i else f"{v:36s}" for i, v in enumerate(cells)))
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()))
-        print(f"tables: {res.run / 'results.csv'}, {res.run / 'layers.csv'}")
+        print(f"tables: {res.run.tables / 'results.csv'}, {res.run.tables / 'layers.csv'}")
     return 0
 
 

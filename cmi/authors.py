@@ -1,6 +1,6 @@
 """The authors' code paths (github.com/cmiprune/cmiprune), where they differ from the paper's text.
 
-METHOD.md §9 records each from their code line by line; every function here reproduces one, and
+docs/method.md §9 records each from their code line by line; every function here reproduces one, and
 :mod:`cmi.protocols` assembles them into the ``authors`` protocol. Their published numbers come
 from these paths, so the companion runs them as they are and labels what they produce.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .cutoffs import xmeans_candidates
+from .names import AUTHORS_PLANS
 
 
 def scree_on_indices(order: Sequence[int], top: int = 3) -> list[int]:
@@ -35,7 +36,7 @@ def xmeans_on_index_axis(cmi: Sequence[float]) -> list[int]:
     """``cutoff_point/xmeans.py``: X-Means (pyclustering, two k-means++ centres, seed 42) on the
     points (i, CMI_i); a cut is the first index of each next cluster. This is the paper's text too,
     and :func:`cmi.cutoffs.xmeans_candidates` already does it: CMI is far below the index range, so
-    the clusters are intervals of i whatever the CMI curve is (METHOD.md §9)."""
+    the clusters are intervals of i whatever the CMI curve is (docs/method.md §9)."""
     return xmeans_candidates(cmi)
 
 
@@ -72,10 +73,7 @@ CHOOSE_ON = "test"
 
 #: The plans the authors' code defines: one script each in ``scripts/`` and ``results/``
 #: (``prune_<direction>_<formulation>_<cutoff>.sh``). The other nine combinations have no script.
-PLANS = (("per-layer", "scree", "bidirectional"), ("per-layer", "xmeans", "bidirectional"),
-         ("per-layer", "ptest", "bidirectional"), ("compact", "scree", "bidirectional"),
-         ("compact", "xmeans", "bidirectional"), ("compact", "ptest", "bidirectional"),
-         ("full", "scree", "bidirectional"), ("compact", "scree", "forward"), ("full", "scree", "forward"))
+PLANS = AUTHORS_PLANS
 
 #: ``ordering/cmi.py`` ``greedy_CMI`` runs every greedy step (C - 1 picks, no stop), and the
 #: index-based scree above reads the whole order, so this protocol ranks exactly

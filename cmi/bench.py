@@ -12,7 +12,7 @@ Part 1 ranks the same input (N=128, C=32, 4x4 maps) with the engine and with a r
 the authors' cost structure (every candidate rebuilds the Gram matrices of the whole selected and
 conditioning set from the features and calls the general eigensolver ``numpy.linalg.eigvals``).
 Part 2 ranks the 13 layers of VGG16 (N=256) with the saturation stop (``--saturation-tol``,
-default :data:`cmi.ranking.SATURATION_TOL`) and prints, per layer, the pick where the stop fired,
+default :data:`cmi.names.SATURATION_TOL`) and prints, per layer, the pick where the stop fired,
 the wall time and the floor: the time ``eigvalsh`` alone needs for as many N x N matrices of the
 same kind (timed on up to 2048 of them and scaled; α = 2 uses no eigendecomposition, so it has no
 such floor). The activations are random post-ReLU maps (:data:`RANDOM_SCALE`: calibrated so that
@@ -27,7 +27,7 @@ the exact run is the reference, same process) and prints where the stop fires, t
 the test accuracy of keeping half of the layer in each order, next to random choices.
 
 ``scoring`` scores the masks a bi-directional plan scores (:func:`plan_like_masks`) on a profile's
-held-out images, with :class:`cmi.train.MaskedScorer` and with the reference, a masked copy
+held-out images, with :class:`cmi.evaluation.MaskedScorer` and with the reference, a masked copy
 evaluated whole (``evaluate(mask_model(...))``), in the same process, and checks the accuracies agree.
 """
 from __future__ import annotations
@@ -46,7 +46,9 @@ import torch
 from .device import resolve_device
 from .models import LAYER_NAMES, layer_widths
 from .entropy import single_thread
-from .ranking import SATURATION_TOL, _channel_grams, _variable_gram, rank_channels
+from .grams import channel_grams, variable_gram
+from .names import SATURATION_TOL
+from .ranking import rank_channels
 from .store import atomic_write_text
 
 SPATIAL = (32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2)
@@ -104,7 +106,7 @@ def reference_ranking(features: torch.Tensor, labels: torch.Tensor, inputs: torc
 RANDOM_SCALE = 0.8
 
 
-def _random_layer(n: int, c: int, hw: int, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def random_layer(n: int, c: int, hw: int, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
     return torch.relu(scale * torch.randn(n, c, hw, hw, generator=gen, dtype=torch.float32))
 
 
@@ -116,24 +118,24 @@ def eig_floor(features: torch.Tensor, labels: torch.Tensor, count: int, device: 
     At most ``sample`` calls are timed and the time is scaled to ``count``, so that measuring the
     floor of a full VGG16 ranking does not cost as much as the ranking itself."""
     n = features.shape[0]
-    k_feat, _ = _channel_grams(features[:, :batch].to(device), "paper", torch.float64)
+    k_feat, _ = channel_grams(features[:, :batch].to(device), "paper", torch.float64)
     onehot = torch.nn.functional.one_hot(labels.to(device), int(labels.max()) + 1).double()
-    k_y, _ = _variable_gram(onehot, "paper", onehot.shape[1], torch.float64)
+    k_y, _ = variable_gram(onehot, "paper", onehot.shape[1], torch.float64)
     mats = torch.cat([k_feat, k_feat * k_y]) / n
     with single_thread(mats.device):
         torch.linalg.eigvalsh(mats[:2])
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         done, todo = 0, min(count, sample)
         while done < todo:
             m = min(len(mats), todo - done)
             torch.linalg.eigvalsh(mats[:m])
             done += m
-        _sync(device)
+        sync(device)
     return (time.perf_counter() - t0) * count / todo
 
 
-def _sync(device):
+def sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -147,7 +149,7 @@ def hardware(device: torch.device) -> str:
 # ----------------------------------------------------------------------------- benchmarks
 def bench_reference(device: torch.device, n: int = 128, c: int = 32, hw: int = 4, alpha: float = 1.01) -> None:
     gen = torch.Generator().manual_seed(0)
-    feats = _random_layer(n, c, hw, gen)
+    feats = random_layer(n, c, hw, gen)
     labels = torch.randint(0, 10, (n,), generator=gen)
     inputs = torch.randn(n, 3, 32, 32, generator=gen)
     print(f"[1] engine vs authors' cost structure: N={n}, C={c}, {hw}x{hw} maps, alpha={alpha}", flush=True)
@@ -175,7 +177,7 @@ def _layers_from(activations: Path | None, n: int, width: float, gen: torch.Gene
     widths = layer_widths(width)
     labels = torch.randint(0, 10, (n,), generator=gen)
     inputs = torch.randn(n, 3, 32, 32, generator=gen)
-    feats = {name: _random_layer(n, widths[i], SPATIAL[i], gen, RANDOM_SCALE) for i, name in enumerate(LAYER_NAMES)}
+    feats = {name: random_layer(n, widths[i], SPATIAL[i], gen, RANDOM_SCALE) for i, name in enumerate(LAYER_NAMES)}
     return (f"random post-ReLU activations relu({RANDOM_SCALE} N(0,1)), width {width}, N={n}",
             labels, inputs, feats)
 
@@ -316,7 +318,7 @@ def plan_like_masks(widths: list[int], start: int, rng, candidates: int = 3) -> 
 
 
 def bench_scoring(profile: str, dataset: str | None, start: int, device: torch.device) -> None:
-    """Candidate-cut scoring: :class:`cmi.train.MaskedScorer` against masking a copy and evaluating it
+    """Candidate-cut scoring: :class:`cmi.evaluation.MaskedScorer` against masking a copy and evaluating it
     whole, on the masks of :func:`plan_like_masks` and the profile's ``prune.select_images`` held-out
     images, with an untrained network of the profile's width (the cost does not depend on the weights)."""
     import random
@@ -325,7 +327,8 @@ def bench_scoring(profile: str, dataset: str | None, start: int, device: torch.d
     from .data import load_dataset
     from .models import build_model
     from .surgery import mask_model
-    from .train import MaskedScorer, evaluate
+    from .evaluation import MaskedScorer
+    from .train import evaluate
 
     cfg = load_config(profile, overrides={"data.name": dataset} if dataset else None)
     ds = load_dataset(cfg)
@@ -338,15 +341,15 @@ def bench_scoring(profile: str, dataset: str | None, start: int, device: torch.d
     print(f"[scoring] profile {cfg.profile} · {cfg.data.name} · width {cfg.model.width} · {len(y)} held-out images; "
           f"{len(masks)} masks in a bi-directional plan's order from start {LAYER_NAMES[start]}", flush=True)
     evaluate(model, x[:100], y[:100], ds, device=device)            # warm-up
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     ref = [evaluate(mask_model(model, k), x, y, ds, device=device)["accuracy"] for k in masks]
-    _sync(device)
+    sync(device)
     t_ref = time.perf_counter() - t0
     scorer = MaskedScorer(model, x, y, ds, device=device)
     t0 = time.perf_counter()
     fast = [scorer(k) for k in masks]
-    _sync(device)
+    sync(device)
     t_fast = time.perf_counter() - t0
     print(f"    mask + evaluate whole   {t_ref:7.1f} s  ({1000 * t_ref / len(masks):.0f} ms per mask)")
     print(f"    MaskedScorer            {t_fast:7.1f} s  ({1000 * t_fast / len(masks):.0f} ms per mask)  "
@@ -423,71 +426,6 @@ class _Tee(io.TextIOBase):
     def flush(self) -> None:
         for stream in self.streams:
             stream.flush()
-
-
-# ----------------------------------------------------------------------------- run-time estimate
-def estimate_run(cfg, steps: int = 4) -> dict:
-    """Rough wall time of ``make reproduce`` for ``cfg`` on this machine, from a few timed training
-    steps and eigendecompositions (no dataset needed): seconds for baseline, rankings, fine-tuning."""
-    from .config import Config
-    from .models import build_model
-    from .train import make_optimizer
-
-    assert isinstance(cfg, Config)
-    device = resolve_device(cfg.device)
-    model = build_model(num_classes=10, width=cfg.model.width, head=cfg.model.head).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    opt, _ = make_optimizer(model, cfg.train, 100)
-    x = torch.randn(cfg.train.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (cfg.train.batch_size,), device=device)
-    times = []
-    for i in range(steps + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - t0)
-    img_per_s = cfg.train.batch_size / (sum(times) / len(times))
-    n_train = {"cifar10": 50000, "fashion-mnist": 60000, "synthetic": 2000}[cfg.data.name] - cfg.data.val_size
-    if cfg.data.train_subset:
-        n_train = min(n_train, cfg.data.train_subset)
-    baseline = 1.1 * cfg.train.epochs * n_train / img_per_s
-    n = cfg.cmi.n_samples
-    gen = torch.Generator().manual_seed(0)
-    feats = _random_layer(n, 16, 4, gen)
-    labels = torch.randint(0, 10, (n,), generator=gen)
-    t_eig = eig_floor(feats, labels, 32, device) / 32
-    entropies_per_set = sum(c * c for c in layer_widths(cfg.model.width))
-    p = cfg.prune
-    sets = 1 + ("ptest" in p.cutoffs) + sum(f != "per-layer" for f in p.formulations) * len(p.cutoffs) * len(p.directions)
-    rankings = sets * entropies_per_set * t_eig
-    finetune = len(p.formulations) * len(p.cutoffs) * len(p.directions) * p.finetune_epochs * n_train / img_per_s
-    return {"hardware": hardware(device), "train_images_per_s": img_per_s, "baseline_s": baseline,
-            "rankings_s": rankings, "finetune_s": finetune, "total_s": baseline + rankings + finetune,
-            "eig_ms": 1e3 * t_eig, "ranking_sets": sets}
-
-
-def format_estimate(cfg, est: dict) -> str:
-    h = lambda s: f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"  # noqa: E731
-    lines = [f"Estimated time of `make reproduce PROFILE={cfg.profile}` ({cfg.data.name}, width {cfg.model.width}) "
-             f"on {est['hardware']}:",
-             f"  baseline training  ~{h(est['baseline_s'])} ({est['train_images_per_s']:.0f} images/s, "
-             f"{cfg.train.epochs} epochs)",
-             f"  CMI rankings       {'at most ' if cfg.cmi.saturation_tol else '~'}{h(est['rankings_s'])} "
-             f"({est['ranking_sets']} sets of 13 layers, {est['eig_ms']:.2f} ms per "
-             f"{cfg.cmi.n_samples}x{cfg.cmi.n_samples} eigendecomposition"
-             + ("; every greedy pick, which the saturation stop cuts short" if cfg.cmi.saturation_tol else "") + ")",
-             f"  fine-tuning        ~{h(est['finetune_s'])}",
-             f"  total              ~{h(est['total_s'])} (rough: cached stages are skipped)"]
-    if est["total_s"] > 2 * 3600:
-        lines.append("  For a run in about an hour on a CPU: make reproduce PROFILE=quick DATASET=fashion-mnist; "
-                     "in minutes: PROFILE=smoke.")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ where ``key`` is ``section.field``, or a bare ``field`` when that name is unique
 or the alias ``dataset`` for ``data.name``. Values are parsed as YAML and type-checked.
 
 Each pipeline stage is cached under a hash of only the sections it depends on
-(:meth:`Config.digest`), so changing a pruning option never retrains the baseline.
+(:meth:`Config.payload`, hashed by :func:`cmi.store.digest`), so changing a pruning option never retrains the baseline.
 """
 from __future__ import annotations
 
@@ -21,23 +21,16 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .cutoffs import FALLBACKS
 from .device import resolve_device
-from .entropy import SIGMA_RULES
 from .errors import ConfigError
+from .names import (AUTHORS_PLANS, CRITERIA, CUTOFFS, DATASET_SIZES, DATASETS, DEVICES, DIRECTIONS, FALLBACKS,
+                    FORMULATIONS, HEADS, MODES, PATHS, PROTOCOLS, REFERENCES, SATURATION_TOL, SIGMA_RULES, plan_name,
+                    protocol_names)
 from .paths import check_folders, configs_dir
-from .ranking import SATURATION_TOL
 
-DATASETS = ("cifar10", "fashion-mnist", "synthetic")
-#: Images in each dataset's (training, test) split, to check a config's sizes before any work starts.
-DATASET_SIZES = {"cifar10": (50000, 10000), "fashion-mnist": (60000, 10000), "synthetic": (2000, 500)}
-FORMULATIONS = ("per-layer", "compact", "full")
-CUTOFFS = ("scree", "xmeans", "ptest")
-DIRECTIONS = ("forward", "bidirectional")
-HEADS = ("mlp", "linear")
-DEVICES = ("auto", "cpu", "cuda")
-PROTOCOLS = ("paper", "authors")
-MODES = ("masked", "removed", "recalibrated", "finetuned")   #: how the controls evaluate a pruned network
+#: "Keeps accuracy" means within this fraction of the unpruned network's test accuracy, where
+#: ``prune.max_drop`` (the plans' own choice rule) is unset: 1 pp. Read through :meth:`Config.keep_drop`.
+DEFAULT_KEEP_DROP = 0.01
 
 
 @dataclass(frozen=True)
@@ -93,7 +86,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CMIConfig:
-    """How the CMI ranking is estimated (METHOD.md §2-§3)."""
+    """How the CMI ranking is estimated (docs/method.md §2-§3)."""
 
     n_samples: int = 256               #: training images whose activations estimate the CMI
     alpha: float = 1.01                #: Rényi order
@@ -121,7 +114,7 @@ class PruneConfig:
     scree_candidates: int = 3          #: scree cuts evaluated per layer
     select_images: int | None = None   #: images that score candidate cuts (held-out; authors: test); None = all
     tolerance: float = 0.0             #: keep the fewest channels within this accuracy of the best candidate
-    protocol: str = "paper"            #: paper (the text) | authors (their code paths, METHOD.md §9)
+    protocol: str = "paper"            #: paper (the text) | authors (their code paths, docs/method.md §9)
     max_drop: float | None = None      #: a candidate may lose at most this accuracy vs the reference; null = off
     reference: str = "network"         #: max_drop from the unpruned "network" or the "chain" so far
     fallback: str = "largest"          #: no candidate within max_drop: "largest" candidate or "unpruned"
@@ -138,14 +131,13 @@ class PruneConfig:
         _check(self.select_images is None or self.select_images > 0, "prune.select_images",
                f"must be positive or null, got {self.select_images!r}")
         _check(0 <= self.tolerance < 1, "prune.tolerance", f"must be in [0, 1), got {self.tolerance!r}")
-        from .protocols import PATHS, is_protocol
-        _check(is_protocol(self.protocol), "prune.protocol",
+        _check(self.protocol in protocol_names(), "prune.protocol",
                f"must be one of {PROTOCOLS} or a one-path variant 'paper+<path>' / 'authors-<path>' with <path> one "
                f"of {tuple(PATHS)}, got {self.protocol!r}")
         _check(self.max_drop is None or 0 <= self.max_drop < 1, "prune.max_drop",
                f"must be in [0, 1) or null, got {self.max_drop!r}")
-        _check(self.reference in ("network", "chain"), "prune.reference",
-               f"must be 'network' or 'chain', got {self.reference!r}")
+        _check(self.reference in REFERENCES, "prune.reference",
+               f"must be one of {REFERENCES}, got {self.reference!r}")
         _check(self.fallback in FALLBACKS, "prune.fallback", f"must be one of {FALLBACKS}, got {self.fallback!r}")
         _check(self.finetune_epochs >= 0, "prune.finetune_epochs", f"must be >= 0, got {self.finetune_epochs!r}")
         _check(self.finetune_lr > 0, "prune.finetune_lr", f"must be > 0, got {self.finetune_lr!r}")
@@ -174,15 +166,13 @@ class ControlsConfig:
     ablation_plans: tuple[str, ...] | None = None
 
     def validate(self) -> None:
-        from .authors import PLANS
-        from .criteria import CRITERIA
-        names = tuple("-".join(p) for p in PLANS)
+        names = tuple(plan_name(p) for p in AUTHORS_PLANS)
         _check(self.ablation_plans is None or all(n in names for n in self.ablation_plans), "controls.ablation_plans",
                f"must be null or a list drawn from {names}, got {self.ablation_plans!r}")
         _check(len(self.protocols) > 0 and all(p in PROTOCOLS for p in self.protocols), "controls.protocols",
                f"must be a non-empty list drawn from {PROTOCOLS}, got {list(self.protocols)!r}")
         _check(len(self.criteria) > 0 and all(c in CRITERIA for c in self.criteria), "controls.criteria",
-               f"must be a non-empty list drawn from {tuple(CRITERIA)}, got {list(self.criteria)!r}")
+               f"must be a non-empty list drawn from {CRITERIA}, got {list(self.criteria)!r}")
         _check(len(self.modes) > 0 and all(m in MODES for m in self.modes), "controls.modes",
                f"must be a non-empty list drawn from {MODES}, got {list(self.modes)!r}")
         _check(all(r in SIGMA_RULES for r in self.sigma_rules), "controls.sigma_rules",
@@ -247,10 +237,9 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def digest(self, *keys: str) -> str:
-        """Hash (12 hex digits) of the seed and the named sections or ``section.field`` entries:
-        the cache key of a stage, which changes only when something the stage depends on does."""
-        from .store import cache_key
+    def payload(self, *keys: str) -> dict[str, Any]:
+        """The seed and the named sections or ``section.field`` entries: what a stage's cache key hashes
+        (:func:`cmi.store.digest`), so the key changes only when something the stage depends on does."""
         payload: dict[str, Any] = {"seed": self.seed}
         for key in keys:
             sec, _, name = key.partition(".")
@@ -258,7 +247,13 @@ class Config:
                 raise ConfigError(f"unknown config section or field {key!r}; sections are {list(SECTIONS)}")
             value = getattr(self, sec)
             payload[key] = getattr(value, name) if name else dataclasses.asdict(value)
-        return cache_key(payload, 12)
+        return payload
+
+    @property
+    def keep_drop(self) -> float:
+        """"Keeps accuracy" means within this fraction of the unpruned network: ``prune.max_drop``, the
+        plans' own choice rule, or :data:`DEFAULT_KEEP_DROP` where it is unset."""
+        return self.prune.max_drop if self.prune.max_drop is not None else DEFAULT_KEEP_DROP
 
     def replace(self, overrides: Mapping[str, Any] | Sequence[str] | None) -> "Config":
         """A copy with overrides applied (see module docstring) and validated."""
@@ -319,7 +314,7 @@ def _field_index() -> dict[str, str]:
     return {name: keys[0] for name, keys in seen.items() if len(keys) == 1 and name not in TOP_LEVEL}
 
 
-def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+def parse_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
     if overrides is None:
         return {}
     if isinstance(overrides, Mapping):
@@ -393,7 +388,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Sequence[str] | None) -> Config:
-    changes = _parse_overrides(overrides)
+    changes = parse_overrides(overrides)
     top: dict[str, Any] = {}
     per_section: dict[str, dict[str, Any]] = {}
     spelled: dict[str, str] = {}
@@ -411,9 +406,3 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Sequence[str] | 
     for sec, kv in per_section.items():
         top[sec] = dataclasses.replace(getattr(cfg, sec), **kv)
     return dataclasses.replace(cfg, **top).validate()
-
-
-def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config as YAML, atomically."""
-    from .store import atomic_write_text
-    atomic_write_text(Path(path), cfg.to_yaml())

@@ -2,13 +2,14 @@
 
 Each criterion has one job, the shape of Torch-Pruning's ``Importance``: a layer in, its channels
 out, most important first (:meth:`Criterion.order`). ``select(ctx, layer, keep)`` keeps the first
-``keep``. Adding a criterion is one class here with the :func:`register` decorator; the config
-(``controls.criteria``) and the controls study pick it up by name.
+``keep``; :meth:`Criterion.ranking` gives the planner (:func:`cmi.planner.plan`) an order and a
+curve for the cutoffs. Adding a criterion is one class here with the :func:`register` decorator and its
+name in :data:`cmi.names.CRITERIA` (where the config validates ``controls.criteria``).
 
-- ``cmi``: the greedy CMI ranking (METHOD.md §3). Given a plan's decision for the layer, it keeps
+- ``cmi``: the greedy CMI ranking (docs/method.md §3). Given a plan's decision for the layer, it keeps
   exactly what the plan kept (its conditioned ranking, the authors' shift included); alone, the
   per-layer ranking with the paper's kernel width.
-- ``cmi-median``: the per-layer CMI ranking with the median-distance kernel width (METHOD.md §10).
+- ``cmi-median``: the per-layer CMI ranking with the median-distance kernel width (docs/method.md §10).
 - ``l1``: the L1 norm of each filter's weights (Li et al. 2017).
 - ``hrank``: the average rank of each channel's feature maps over the captured images (Lin et al. 2020).
 - ``random``: a seeded permutation; the control every criterion must beat.
@@ -23,6 +24,8 @@ import torch
 
 from .activations import Activations
 from .models import VGG16
+from .names import CRITERIA as NAMES
+from .ranking import Ranking, cached_ranking
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Context:
     seed: int = 0
     cache_dir: Path | None = None
     device: object = None
-    saturation_tol: float | None = None     #: of the CMI rankings (None: cmi.ranking's default)
+    saturation_tol: float = 1e-3            #: of the CMI rankings (the run's cmi.saturation_tol)
     orders: dict = field(default_factory=dict, repr=False)   #: (criterion, layer, seed) -> order, memo
 
     def order(self, criterion: "Criterion", layer: int, seed: int = 0) -> list[int]:
@@ -55,15 +58,32 @@ class Criterion:
         """All channels of ``layer``, most important first."""
         raise NotImplementedError
 
+    def values(self, ctx: Context, layer: int, seed: int = 0) -> torch.Tensor | None:
+        """Each channel's importance (larger: more important), or None when the order has no values."""
+        return None
+
     def select(self, ctx: Context, layer: int, keep: int, decision=None, seed: int = 0) -> list[int]:
         """The ``keep`` channels to keep; ``decision`` is a plan's :class:`LayerDecision` for the layer."""
         return sorted(ctx.order(self, layer, seed)[:keep])
+
+    def ranking(self, ctx: Context, layer: int, seed: int = 0) -> Ranking:
+        """The order as a :class:`cmi.ranking.Ranking` whose curve (``cmi``) the scree and X-Means cutoffs
+        read: the importance values in order, or 1, (C-1)/C, ..., 1/C for an order without values."""
+        order = ctx.order(self, layer, seed)
+        v = self.values(ctx, layer, seed)
+        c = len(order)
+        curve = [float(v[j]) for j in order] if v is not None else [(c - t) / c for t in range(c)]
+        return Ranking(order=order, cmi=curve, objective=[], mi_labels=[], mi_input=None, p_values=None,
+                       n_channels=c, alpha=ctx.alpha, sigma={}, seconds=0.0, entropies=0, device="cpu",
+                       info={"criterion": self.name})
 
 
 CRITERIA: dict[str, Criterion] = {}
 
 
 def register(cls: type[Criterion]) -> type[Criterion]:
+    if cls.name not in NAMES:
+        raise ValueError(f"criterion {cls.name!r} is not listed in cmi.names.CRITERIA {NAMES}")
     CRITERIA[cls.name] = cls()
     return cls
 
@@ -85,7 +105,6 @@ class CMI(Criterion):
     sigma = "paper"
 
     def order(self, ctx, layer, seed=0):
-        from .planner import cached_ranking
         r, _ = cached_ranking(ctx.acts, layer, [], alpha=ctx.alpha, sigma=self.sigma, seed=ctx.seed,
                               saturation_tol=ctx.saturation_tol,
                               cache_dir=ctx.cache_dir, device=ctx.device, desc=f"{self.name} layer {layer}")
@@ -110,18 +129,23 @@ class CMIMedian(CMI):
 class L1(Criterion):
     name = "l1"
 
+    def values(self, ctx, layer, seed=0):
+        return ctx.model.convs()[layer].weight.detach().abs().sum((1, 2, 3))
+
     def order(self, ctx, layer, seed=0):
-        w = ctx.model.convs()[layer].weight.detach()
-        return _descending(w.abs().sum((1, 2, 3)))
+        return _descending(self.values(ctx, layer))
 
 
 @register
 class HRank(Criterion):
     name = "hrank"
 
-    def order(self, ctx, layer, seed=0):
+    def values(self, ctx, layer, seed=0):
         maps = ctx.acts.features[layer].float()   # (N, C, H, W); float32 maps need float32's rank tolerance
-        return _descending(torch.linalg.matrix_rank(maps).double().mean(0))
+        return torch.linalg.matrix_rank(maps).double().mean(0)
+
+    def order(self, ctx, layer, seed=0):
+        return _descending(self.values(ctx, layer))
 
 
 @register
@@ -132,3 +156,12 @@ class Random(Criterion):
     def order(self, ctx, layer, seed=0):
         g = torch.Generator().manual_seed(1_000_003 * seed + layer)
         return torch.randperm(ctx.acts.widths[layer], generator=g).tolist()
+
+
+def kept_at_counts(ctx: Context, criterion: str, counts: list[int], plan=None, seed: int = 0) -> dict[int, list[int]]:
+    """What ``criterion`` keeps at the per-layer ``counts`` ({layer: kept channels}; layers left at full
+    width are left out); ``plan``: a :class:`cmi.plans.Plan` whose decisions the ``cmi`` criterion keeps."""
+    crit = get_criterion(criterion)
+    decisions = plan.by_layer() if plan is not None else {}
+    return {l: crit.select(ctx, l, k, decisions.get(l), seed)
+            for l, (k, w) in enumerate(zip(counts, ctx.acts.widths)) if k < w}

@@ -1,4 +1,4 @@
-"""Cutoff strategies: how many channels of a ranked layer to keep (METHOD.md §5).
+"""Cutoff strategies: how many channels of a ranked layer to keep (docs/method.md §5).
 
 All functions take the CMI vector of a ranking, ``cmi[t-1]`` = CMI_t after t picks (t = 1..T), and
 return *keep counts*: keeping k channels means keeping the first k channels of the ranking.
@@ -16,10 +16,14 @@ Candidates are then scored by held-out accuracy (never test accuracy) and :func:
 """
 from __future__ import annotations
 
+import threading
 import warnings
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
+
+from .names import FALLBACKS
 
 
 def scree_ratios(cmi: Sequence[float], rel_tol: float = 1e-9) -> list[float]:
@@ -47,22 +51,46 @@ def scree_candidates(cmi: Sequence[float], top: int = 3) -> list[int]:
     return [i + 1 for i in order[:top]]
 
 
+_NUMPY_WARNINGS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _numpy_warnings_alias():
+    """``numpy.warnings`` (the stdlib module) for the duration of the block only.
+
+    pyclustering 0.10's k-means++ initializer (``center_initializer.kmeans_plusplus_initializer.
+    __calculate_shortest_distances``, run for the initial centres and, in its Python
+    implementation, for every split) calls ``numpy.warnings.filterwarnings`` inside
+    ``warnings.catch_warnings()``, and NumPy 1.24 removed that alias. The alias is set only when
+    NumPy lacks it and deleted on exit, so nothing outlives the call; the lock keeps one thread from
+    deleting it while another still needs it.
+    """
+    with _NUMPY_WARNINGS_LOCK:
+        added = not hasattr(np, "warnings")
+        if added:
+            np.warnings = warnings
+        try:
+            yield
+        finally:
+            if added:
+                del np.warnings
+
+
 def xmeans_candidates(cmi: Sequence[float], kmax: int = 20, seed: int = 42) -> list[int]:
     """Keep counts at the boundaries between X-Means clusters of the points (index, CMI), ascending.
 
     Returns an empty list when X-Means finds a single cluster (no cut suggested).
     """
-    if not hasattr(np, "warnings"):   # pyclustering 0.10 still calls numpy.warnings, removed in NumPy 1.24
-        np.warnings = warnings
     from pyclustering.cluster.center_initializer import kmeans_plusplus_initializer
     from pyclustering.cluster.xmeans import xmeans
 
     points = [[float(i), float(v)] for i, v in enumerate(cmi)]
     if len(points) < 3:
         return []
-    centres = kmeans_plusplus_initializer(points, 2, random_state=seed).initialize()
-    model = xmeans(points, centres, kmax=kmax, random_state=seed)
-    model.process()
+    with _numpy_warnings_alias():
+        centres = kmeans_plusplus_initializer(points, 2, random_state=seed).initialize()
+        model = xmeans(points, centres, kmax=kmax, random_state=seed)
+        model.process()
     starts = sorted(min(c) for c in model.get_clusters() if c)
     return [s for s in starts[1:] if 0 < s < len(points) + 1]
 
@@ -89,8 +117,6 @@ def choose(candidates: Sequence[int], scores: Sequence[float], tolerance: float 
     best = max(scores)
     return min(k for k, s in zip(candidates, scores) if s >= best - tolerance)
 
-
-FALLBACKS = ("largest", "unpruned")
 
 
 def choose_within_drop(candidates: Sequence[int], scores: Sequence[float], reference: float, max_drop: float | None,

@@ -12,10 +12,10 @@ work on whole batches, on whatever device the batch lives on.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from .config import Config, DataConfig
 from .errors import DatasetUnavailable
 from .paths import data_root
 
-#: METHOD.md §1 normalisation for CIFAR-10 (per-channel mean and std of the training set).
+#: docs/method.md §1 normalisation for CIFAR-10 (per-channel mean and std of the training set).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -40,25 +40,30 @@ FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-# torchvision's source of truth for the CIFAR-10 archive: module attributes (so tests can point the
-# loader at a fixture archive or an unreachable URL), read from torchvision on first use, since
-# importing torchvision costs about a second (it imports torch._dynamo) that most users never need.
-_CIFAR10_NAMES = ("CIFAR10_URL", "CIFAR10_ARCHIVE", "CIFAR10_MD5", "CIFAR10_FOLDER", "CIFAR10_BATCHES")
+
+@dataclass(frozen=True)
+class Cifar10Source:
+    """Where the CIFAR-10 archive comes from and what it holds (torchvision's ``CIFAR10`` attributes)."""
+
+    url: str
+    archive: str                    # the archive's file name, e.g. cifar-10-python.tar.gz
+    md5: str                        # of the archive
+    folder: str                     # the folder the archive extracts to
+    train_batches: tuple[str, ...]  # file names in ``folder``
+    test_batches: tuple[str, ...]
 
 
-def __getattr__(name: str):
-    if name in _CIFAR10_NAMES:
-        from torchvision.datasets import CIFAR10
-        globals().update(CIFAR10_URL=CIFAR10.url, CIFAR10_ARCHIVE=CIFAR10.filename, CIFAR10_MD5=CIFAR10.tgz_md5,
-                         CIFAR10_FOLDER=CIFAR10.base_folder,
-                         CIFAR10_BATCHES=([n for n, _ in CIFAR10.train_list], [n for n, _ in CIFAR10.test_list]))
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _cifar(name: str):
-    """A CIFAR-10 constant as the module holds it now (loaded on first use, or patched by a test)."""
-    return getattr(sys.modules[__name__], name)
+@functools.cache
+def cifar10_source() -> Cifar10Source:
+    """torchvision's source of truth for the CIFAR-10 archive, read on first use: importing torchvision
+    costs about a second (it imports torch._dynamo) that most users never need. Tests point the loader
+    at a fixture archive or an unreachable URL by passing ``source=`` to :func:`load_cifar10` or by
+    monkeypatching this function."""
+    from torchvision.datasets import CIFAR10
+    return Cifar10Source(url=CIFAR10.url, archive=CIFAR10.filename, md5=CIFAR10.tgz_md5,
+                         folder=CIFAR10.base_folder,
+                         train_batches=tuple(n for n, _ in CIFAR10.train_list),
+                         test_batches=tuple(n for n, _ in CIFAR10.test_list))
 
 
 @dataclass
@@ -173,34 +178,36 @@ def load_dataset(cfg: Config | DataConfig, seed: int | None = None, root: Path |
                    tuple(mean), tuple(std))
 
 
-def _cifar_missing_message(root: Path, reason: str) -> str:
-    folder, (train, test) = root / _cifar("CIFAR10_FOLDER"), _cifar("CIFAR10_BATCHES")
-    names = ", ".join(train + test + ["batches.meta"])
-    archive, url, md5 = root / _cifar("CIFAR10_ARCHIVE"), _cifar("CIFAR10_URL"), _cifar("CIFAR10_MD5")
+def _cifar_missing_message(root: Path, reason: str, src: Cifar10Source) -> str:
+    folder, archive = root / src.folder, root / src.archive
+    names = ", ".join(src.train_batches + src.test_batches + ("batches.meta",))
     return (f"CIFAR-10 is not in {root} and could not be downloaded ({reason}).\n"
             f"Expected one of:\n"
-            f"  {archive}  (the archive from {url}, md5 {md5}), or\n"
+            f"  {archive}  (the archive from {src.url}, md5 {src.md5}), or\n"
             f"  {folder}/ holding {names}.\n"
-            f"Fix: copy cifar-10-python.tar.gz into {root}/ (or set CMI_DATA to the folder holding it), "
+            f"Fix: copy {src.archive} into {root}/ (or set CMI_DATA to the folder holding it), "
             f"or use another dataset, e.g. dataset=fashion-mnist.")
 
 
-def load_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+def load_cifar10(root: Path, source: Cifar10Source | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """CIFAR-10 from ``root``: the extracted batches, else the archive (checked, then extracted),
-    else a download of the archive. Any failure is one :class:`DatasetUnavailable` message."""
+    else a download of the archive. Any failure is one :class:`DatasetUnavailable` message.
+    ``source`` (default :func:`cifar10_source`) names the archive, its URL and md5 and its files."""
     from torchvision.datasets.utils import check_integrity, download_url
 
     root = Path(root)
-    name, url, md5 = _cifar("CIFAR10_ARCHIVE"), _cifar("CIFAR10_URL"), _cifar("CIFAR10_MD5")
-    folder, archive, batches = root / _cifar("CIFAR10_FOLDER"), root / name, _cifar("CIFAR10_BATCHES")
-    if not all((folder / f).is_file() for f in batches[0] + batches[1]):
+    src = cifar10_source() if source is None else source
+    name, url, md5 = src.archive, src.url, src.md5
+    folder, archive = root / src.folder, root / name
+    if not all((folder / f).is_file() for f in src.train_batches + src.test_batches):
         if not archive.is_file():
             part = f".{name}.part"
             try:
                 download_url(url, str(root), filename=part)
             except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP errors all mean the same here
                 (root / part).unlink(missing_ok=True)
-                raise DatasetUnavailable(_cifar_missing_message(root, f"{type(e).__name__}: {e}")) from None
+                raise DatasetUnavailable(_cifar_missing_message(root, f"{type(e).__name__}: {e}", src)) from None
             os.replace(root / part, archive)
         if not check_integrity(str(archive), md5):
             raise DatasetUnavailable(
@@ -211,8 +218,8 @@ def load_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
                 tar.extractall(root, filter="data")
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DatasetUnavailable(f"could not extract {archive}: {e}") from None
-    train = [_read_cifar_batch(folder / f) for f in batches[0]]
-    test = _read_cifar_batch(folder / batches[1][0])
+    train = [_read_cifar_batch(folder / f) for f in src.train_batches]
+    test = _read_cifar_batch(folder / src.test_batches[0])
     classes = _read_cifar_meta(folder / "batches.meta")
     train_x = torch.cat([x for x, _ in train])
     train_y = torch.cat([y for _, y in train])

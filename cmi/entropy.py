@@ -17,8 +17,9 @@ from typing import Sequence
 
 import torch
 
+from .names import SIGMA_RULES
+
 Tensor = torch.Tensor
-SIGMA_RULES = ("paper", "silverman", "median")
 
 
 # ----------------------------------------------------------------------------- Gram matrices
@@ -35,7 +36,7 @@ def sq_dists(x: Tensor) -> Tensor:
 def kernel_width(rule: str | float, n: int, d: int, x: Tensor | None = None) -> float:
     """Gaussian kernel width σ for a variable of dimension ``d`` observed on ``n`` samples.
 
-    - ``"paper"``: σ = 5 · n^(-1/(4+d)), the authors' rule (METHOD.md §2);
+    - ``"paper"``: σ = 5 · n^(-1/(4+d)), the authors' rule (docs/method.md §2);
     - ``"silverman"``: σ = s · (4 / (d + 2))^(1/(d+4)) · n^(-1/(d+4)), s the mean per-dimension
       standard deviation of ``x`` (n, d);
     - ``"median"``: σ = median of the pairwise distances ||x_a - x_b||, a < b, of ``x``;

@@ -3,10 +3,10 @@
     python -m cmi.fullwidth --profile paper --deadline 420 --out figures/paper-fashion-mnist-gpu \\
         dataset=fashion-mnist train.epochs=30
 
-Stages, in order, each timed: the run-time estimate (:func:`cmi.bench.estimate_run`), the baseline
+Stages, in order, each timed: the run-time estimate (:func:`cmi.estimate.estimate_run`), the baseline
 (trained, or loaded from the cache: seconds per epoch from its history), the activation capture,
-then the profile's plans (:mod:`cmi.sweep`'s ranking, cutoff, evaluation and fine-tuning, the same
-caches) in an order that reaches every formulation early: all scree-forward plans first, the
+then the profile's plans (:func:`cmi.run.make_plans` and :func:`cmi.evaluation.evaluate` with the
+sweep's budget, the same caches) in an order that reaches every formulation early: all scree-forward plans first, the
 permutation-test plans last. A plan is started only while less than ``--deadline`` seconds have
 passed; the others are listed as not run. ``fullwidth.json`` and ``fullwidth.md`` in ``--out`` are
 rewritten (atomically) after every stage, so a run killed from outside still leaves what it finished.
@@ -34,10 +34,9 @@ def plan_order(cfg: Config) -> list[tuple[str, str, str]]:
 
 def run(cfg: Config, deadline_s: float, out: Path, progress: bool = False, command: str = "") -> dict:
     """Run ``cfg``'s stages until ``deadline_s`` seconds have passed; returns the report (also written to ``out``)."""
-    from .bench import estimate_run
-    from .planner import plan
-    from .plans import PlanSettings
-    from .sweep import evaluate_plan, prepare
+    from .estimate import estimate_run
+    from .evaluation import evaluate, sweep_budget
+    from .run import make_plans, prepare_run
     from .train import hardware_name, resolve_device
 
     t_start = time.perf_counter()
@@ -61,35 +60,33 @@ def run(cfg: Config, deadline_s: float, out: Path, progress: bool = False, comma
     report["stages"]["estimate"] = time.perf_counter() - t0
     save()
 
-    timings: dict[str, float] = {}
-    base, ds, folder, acts, device = prepare(cfg, progress, timings)     # the sweep's baseline and capture
-    report["stages"].update(timings)
+    r = prepare_run(cfg, progress)                      # the sweep's baseline and capture
+    report["stages"].update(r.timings)
+    base = r.baseline
     report["baseline"] = {"cached": base.cached, "test_accuracy": base.metrics["test_accuracy"],
                           "hardware": base.metrics.get("hardware"),
-                          "epoch_seconds": [r["seconds"] for r in base.history],
-                          "test_acc_by_epoch": [r.get("test_acc") for r in base.history]}
+                          "epoch_seconds": [h["seconds"] for h in base.history],
+                          "test_acc_by_epoch": [h.get("test_acc") for h in base.history]}
     save()
 
-    settings = PlanSettings.from_config(cfg)
-    for formulation, cutoff, direction in plan_order(cfg):
-        name = f"{formulation}-{cutoff}-{direction}"
-        if elapsed() >= deadline_s:
-            report["not_run"].append(name)
+    modes = ("masked", "removed") + (("finetuned",) if cfg.prune.finetune_epochs > 0 else ())
+    order = plan_order(cfg)
+    for spec in order:                                  # one at a time, so that the deadline is checked between
+        made = make_plans(r, [spec], progress=progress, workers=1, stop=lambda: elapsed() >= deadline_s)
+        if not made.plans:
+            report["not_run"].append("-".join(spec))
             continue
+        p = made.plans[0]
         t0 = time.perf_counter()
-        p, loaded = plan(base.model, acts, formulation=formulation, cutoff=cutoff, direction=direction, ds=ds,
-                         settings=settings, device=device, cache_dir=folder, progress=progress,
-                         parallel=cfg.prune.parallel)
-        t_plan = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ev, _ = evaluate_plan(cfg, p, base.model, ds, folder, device, progress)
+        ev = evaluate(r, p.kept_channels(), modes, sweep_budget(cfg), save_finetuned=True)
         t_eval = time.perf_counter() - t0
         report["plans"].append({
-            "plan": name, "cached": loaded, "filters_kept": p.filters_kept, "filters_total": p.filters_total,
+            "plan": p.name, "cached": p.name not in made.computed, "filters_kept": p.filters_kept,
+            "filters_total": p.filters_total,
             "ranking_s": sum(d.seconds.get("ranking", 0.0) for d in p.decisions),
             "cutoff_s": sum(d.seconds.get("cutoff", 0.0) for d in p.decisions),
             "ranking_s_by_layer": {d.name: d.seconds.get("ranking", 0.0) for d in p.decisions},
-            "plan_wall_s": t_plan, "evaluation_s": t_eval - ev.get("finetune_seconds", 0.0),
+            "plan_wall_s": made.wall[p.name], "evaluation_s": t_eval - ev.get("finetune_seconds", 0.0),
             "finetune_s": ev.get("finetune_seconds", 0.0), "acc_masked": ev["acc_masked"],
             "acc_removed": ev["acc_removed"], "acc_finetuned": ev.get("acc_finetuned")})
         save()

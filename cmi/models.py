@@ -1,4 +1,4 @@
-"""VGG16 with batch norm, CIFAR variant (METHOD.md §1).
+"""VGG16 with batch norm, CIFAR variant (docs/method.md §1).
 
 13 conv3x3 + BN + ReLU layers in five blocks separated by 2x2 max-pools, then a head.
 At width 1 the conv stack has 64,64 | 128,128 | 256x3 | 512x3 | 512x3 = 4224 filters.
@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .names import HEADS
+
 #: Filters per conv layer at width 1; "M" is a 2x2 max-pool.
 VGG16_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 #: The paper's names for the 13 conv layers, in network order.
@@ -15,7 +17,6 @@ LAYER_NAMES = (
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
     "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3",
 )
-HEADS = ("mlp", "linear")
 #: Hidden width of the authors' 3-layer head at width 1.
 MLP_HIDDEN = 4096
 

@@ -3,7 +3,9 @@
 Outputs of a run go to ``figures/<profile>-<dataset>/`` (``CMI_FIGURES`` overrides the root):
 figures as PNG and PDF, each captioned with the profile, dataset and hardware; tables as CSV and
 Markdown. ``provenance/<notebook>.json`` records, for each notebook, the resolved config, the git
-commit, package versions, hardware, wall time and the files written.
+commit, package versions, hardware, wall time and the files written. A file whose content a rerun
+reproduces exactly is not rewritten, and a rerun that changes nothing but timing tables keeps the
+provenance of the run that computed the files.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from .config import Config
 from .paths import project_root
-from .store import atomic_write, atomic_write_text, cache_key, save_json
+from .store import atomic_write, cache_key, read_cache, save_json
 from .train import hardware_name, resolve_device
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torch-pruning", "pyclustering", "matplotlib", "seaborn", "cmi")
@@ -61,6 +63,7 @@ class Outputs:
         self.folder = Path(folder) if folder is not None else figures_dir(cfg)
         self.hardware = hardware_name(resolve_device(cfg.device))
         self.files: list[str] = []
+        self.changed: list[str] = []        #: files whose content this run changed (timing tables aside)
         self.t0 = time.perf_counter()
 
     @property
@@ -79,36 +82,56 @@ class Outputs:
         bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
         fig.set_dpi(shown_dpi)                 # the notebook still shows it at its own dpi
         for ext in ("png", "pdf"):
-            path = self.folder / f"{name}.{ext}"
-            atomic_write(path, lambda f, ext=ext: fig.savefig(f, format=ext, dpi=150, bbox_inches=bbox))
-            self.files.append(path.name)
+            buf = io.BytesIO()
+            # no creation date in the PDF: the same figure gives the same bytes, so a rerun leaves it alone
+            fig.savefig(buf, format=ext, dpi=150, bbox_inches=bbox, metadata={"CreationDate": None} if ext == "pdf" else None)
+            self._write(f"{name}.{ext}", buf.getvalue())
         return self.folder / f"{name}.png"
 
-    def table(self, rows, name: str, title: str, floatfmt: str = ".4g"):
-        """Save rows (list of dicts or a DataFrame) as CSV and Markdown; returns a DataFrame."""
+    def _write(self, name: str, data: bytes, volatile: bool = False) -> Path:
+        """Write ``data`` to ``name`` in the folder unless the file already holds exactly it; a change
+        counts for the provenance record unless ``volatile`` (timing tables)."""
+        path = self.folder / name
+        self.files.append(name)
+        if path.is_file() and path.read_bytes() == data:
+            return path
+        atomic_write(path, lambda f: f.write(data))
+        if not volatile:
+            self.changed.append(name)
+        return path
+
+    def table(self, rows, name: str, title: str, floatfmt: str = ".4g", volatile: bool | None = None):
+        """Save rows (list of dicts or a DataFrame) as CSV and Markdown; returns a DataFrame. ``volatile``
+        (default: a table whose name ends in ``timings``): its changes do not renew the provenance."""
         import pandas as pd
 
         df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
         buf = io.StringIO()
         df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
-        atomic_write_text(self.folder / f"{name}.csv", buf.getvalue())
+        volatile = name.endswith("timings") if volatile is None else volatile
+        self._write(f"{name}.csv", buf.getvalue().encode(), volatile)
         md = f"**{title}** ({self.caption})\n\n" + _markdown(df, floatfmt) + "\n"
-        atomic_write_text(self.folder / f"{name}.md", md)
-        self.files += [f"{name}.csv", f"{name}.md"]
+        self._write(f"{name}.md", md.encode(), volatile)
         return df
 
     def text(self, content: str, name: str) -> Path:
-        path = atomic_write_text(self.folder / name, content)
-        self.files.append(name)
-        return path
+        return self._write(name, content.encode())
 
     def finish(self) -> dict:
+        """Write ``provenance/<notebook>.json`` when this run changed a file (or there is none yet) and
+        return the record; a rerun that reproduced every file keeps the record of the run that made them."""
+        path = self.folder / "provenance" / f"{self.notebook}.json"
+        if path.is_file() and not self.changed:
+            record = read_cache(path, lambda d: dict(d), "provenance record")
+            if record is not None:
+                return {**record, "this_call": {"wall_seconds": round(time.perf_counter() - self.t0, 1),
+                                                "changed": []}}
         record = {"notebook": self.notebook, "profile": self.cfg.profile, "dataset": self.cfg.data.name,
                   "hardware": self.hardware, "device": str(resolve_device(self.cfg.device)), "git_commit": git_commit(),
                   "packages": package_versions(), "wall_seconds": round(time.perf_counter() - self.t0, 1),
                   "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": sorted(set(self.files)),
-                  "config": self.cfg.to_dict()}
-        save_json(record, self.folder / "provenance" / f"{self.notebook}.json")
+                  "changed": sorted(set(self.changed)), "config": self.cfg.to_dict()}
+        save_json(record, path)
         return record
 
 
@@ -161,13 +184,13 @@ def start_notebook(profile: str, dataset: str | None = None, overrides: dict | s
     further overrides so that runs with other settings never overwrite each other."""
     import matplotlib
 
-    from .config import _parse_overrides, load_config
+    from .config import load_config, parse_overrides
     from .plots import set_theme
 
     os.environ.setdefault("TQDM_MININTERVAL", "2")   # executed notebooks keep a short progress log
     if isinstance(overrides, str):   # `make reproduce SET="train.epochs=3 width=0.5"`
-        overrides = _parse_overrides(overrides.split())
-    over = _parse_overrides(overrides)      # `papermill -p overrides 3` is one clear ConfigError
+        overrides = parse_overrides(overrides.split())
+    over = parse_overrides(overrides)      # `papermill -p overrides 3` is one clear ConfigError
     if dataset:
         over["dataset"] = dataset
     cfg = load_config(profile, over)

@@ -1,6 +1,6 @@
 """What a pruning plan is: its settings, one decision per layer, and the whole plan (JSON round-trip).
 
-Made by :func:`cmi.planner.plan`, applied by :mod:`cmi.surgery`.
+Made by :func:`cmi.planner.plan` from a :class:`cmi.run.Run`, applied by :mod:`cmi.surgery`.
 """
 from __future__ import annotations
 
@@ -10,39 +10,22 @@ from pathlib import Path
 from .store import load_json, save_json
 
 
-@dataclass(frozen=True)
-class PlanSettings:
-    """Everything besides the model and activations that a plan's decisions depend on."""
+#: The config fields a plan's decisions depend on, besides the model, its activations and the protocol.
+PLAN_FIELDS = {"cmi": ("alpha", "sigma", "permutations", "eta"),
+               "prune": ("scree_candidates", "select_images", "tolerance", "max_drop", "reference", "fallback")}
 
-    alpha: float = 1.01
-    sigma: str = "paper"
-    permutations: int = 100
-    eta: float = 0.05
-    scree_candidates: int = 3
-    select_images: int | None = None
-    tolerance: float = 0.0
-    seed: int = 0
-    protocol: str = "paper"          #: paper | authors (METHOD.md §9), see :mod:`cmi.protocols`
-    max_drop: float | None = None    #: a candidate may cost at most this accuracy (fraction) vs the reference
-    reference: str = "network"       #: max_drop is measured from the unpruned "network" or the "chain" so far
-    fallback: str = "largest"        #: no candidate within max_drop: keep the largest candidate, or "unpruned"
-    saturation_tol: float = 0.0      #: the rankings' saturation stop (cmi.ranking); protocols may ask for 0
 
-    def to_dict(self) -> dict:
-        """The settings as stored in a plan and hashed into its cache key; a zero saturation_tol (the
-        exact rankings, as before the stop existed) is left out, so those plans keep their keys."""
-        d = asdict(self)
-        if not d["saturation_tol"]:
-            del d["saturation_tol"]
-        return d
+def plan_settings(cfg, criterion: str = "cmi") -> dict:
+    """Everything besides the model and activations that a plan of ``cfg`` decides with, derived from
+    the config (a plan stores it, and its cache key hashes it): the seed, the protocol, the criterion
+    that ranks, the fields of :data:`PLAN_FIELDS`, and the rankings' saturation stop as the protocol
+    applies it (:meth:`cmi.protocols.Protocol.saturation_tol`)."""
+    from .protocols import get_protocol
 
-    @classmethod
-    def from_config(cls, cfg) -> "PlanSettings":
-        p = cfg.prune
-        return cls(alpha=cfg.cmi.alpha, sigma=cfg.cmi.sigma, permutations=cfg.cmi.permutations, eta=cfg.cmi.eta,
-                   scree_candidates=p.scree_candidates, select_images=p.select_images, tolerance=p.tolerance,
-                   seed=cfg.seed, protocol=p.protocol, max_drop=p.max_drop, reference=p.reference,
-                   fallback=p.fallback, saturation_tol=cfg.cmi.saturation_tol)
+    protocol = get_protocol(cfg.prune.protocol)
+    return {"seed": cfg.seed, "protocol": protocol.name, "criterion": criterion,
+            **{f: getattr(getattr(cfg, sec), f) for sec, fields in PLAN_FIELDS.items() for f in fields},
+            "saturation_tol": protocol.saturation_tol(cfg.cmi.saturation_tol)}
 
 
 @dataclass

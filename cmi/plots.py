@@ -253,7 +253,7 @@ def saturation_plot(rows, title: str = ""):
     df = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(7.5, 3.4))
     for rule, g in df.groupby("sigma_rule", sort=False):
-        picks = pd.to_numeric(g["picks to saturate"], errors="coerce")
+        picks = pd.to_numeric(g["picks"], errors="coerce")
         frac = 100 * picks / g["channels"]
         x = np.arange(len(g))
         line, = ax.plot(x, frac, marker="o", label=f"σ rule: {rule}")
@@ -319,7 +319,7 @@ def kept_counts_plot(kept_rows, title: str = ""):
                 continue
             counts = row[list(LAYER_NAMES)].iloc[0].to_numpy(dtype=float)
             ax.plot(range(len(LAYER_NAMES)), counts, ls=ls, marker="o", ms=3,
-                    label=f"{proto}: {row['pruned (%)'].iloc[0]:.0f} % pruned")
+                    label=f"{proto}: {row['pruned_pct'].iloc[0]:.0f} % pruned")
         ax.set_title(name, fontsize=8)
         ax.set_xticks(range(len(LAYER_NAMES)), [n.replace("conv", "") for n in LAYER_NAMES], fontsize=6, rotation=90)
         ax.tick_params(labelsize=7)
@@ -334,22 +334,23 @@ def kept_counts_plot(kept_rows, title: str = ""):
 def path_ablation_plot(summary, title: str = ""):
     """Each of the authors' code paths' effect (with it - without it, pp) on the mean filters removed
     and the mean accuracy of their plans: switched on alone in the paper's text and off alone in
-    the authors' code (rows of :func:`cmi.controls.ablation_summary`)."""
+    the authors' code (rows of :func:`cmi.ablation.ablation_summary`)."""
     import pandas as pd
 
     df = pd.DataFrame([r for r in summary if r["path"] != "-"])
     paths = list(dict.fromkeys(df.path))
-    metrics = [c for c in ("effect on pruned (pp)", "effect on masked (pp)", "effect on recalibrated (pp)") if c in df]
+    from .tables import ABLATION, SWITCHED
+
+    metrics = [c for c in ("effect_pruned", "effect_masked", "effect_recalibrated") if c in df]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 0.45 * len(paths) + 1.6), sharey=True,
                              squeeze=False)
     y = np.arange(len(paths))
     for ax, metric in zip(axes[0], metrics):
-        for k, (switched, colour) in enumerate((("on in the paper's text", "tab:blue"),
-                                                ("off in the authors' code", "tab:orange"))):
+        for k, (switched, colour) in enumerate((("on", "tab:blue"), ("off", "tab:orange"))):
             part = df[df.switched == switched].set_index("path").reindex(paths)
-            ax.barh(y + (k - 0.5) * 0.38, part[metric], height=0.36, color=colour, label=switched)
+            ax.barh(y + (k - 0.5) * 0.38, part[metric], height=0.36, color=colour, label=SWITCHED[switched])
         ax.axvline(0, color="k", lw=0.6)
-        ax.set_title(metric.replace(" (pp)", ""), fontsize=9)
+        ax.set_title(ABLATION[metric].replace(" (pp)", ""), fontsize=9)
         ax.set_xlabel("pp (with the path - without it)", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][0].set_yticks(y, paths)

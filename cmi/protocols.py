@@ -1,10 +1,10 @@
 """Two protocols, one switch (``prune.protocol``): how a plan turns rankings into kept channels.
 
-``paper``: the paper's text (METHOD.md §3-§7). Scree on the CMI vector, X-Means on (i, CMI_i), the
+``paper``: the paper's text (docs/method.md §3-§7). Scree on the CMI vector, X-Means on (i, CMI_i), the
 kept set is the ranking's prefix, candidates are chosen on held-out training images, the
 permutation test conditions on Z, each half of a bi-directional plan is its own chain.
 
-``authors``: what the authors' code does (METHOD.md §9, :mod:`cmi.authors`). Its candidate choices
+``authors``: what the authors' code does (docs/method.md §9, :mod:`cmi.authors`). Its candidate choices
 use test accuracy, as theirs did; every result made with it is labelled "chosen on test data".
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from . import authors
 from .cutoffs import ptest_cut, scree_candidates, xmeans_candidates
+from .names import PATHS, protocol_names
 
 #: cutoff name -> (ranking, number of scree candidates) -> candidate keep counts
 CutoffRule = Callable[[object, int], list[int]]
@@ -33,8 +34,14 @@ class Protocol:
     plans: tuple | None = None                           #: (formulation, cutoff, direction) it defines; None: all
     exact_ranking: bool = False                          #: every greedy pick (no saturation stop)
 
+    def saturation_tol(self, configured: float) -> float:
+        """The rankings' saturation stop a plan of this protocol runs with: ``cmi.saturation_tol``, or 0
+        (every greedy pick) for a protocol that ranks exactly. The one place this is decided."""
+        return 0.0 if self.exact_ranking else configured
 
-PROTOCOLS: dict[str, Protocol] = {
+
+#: The two end points, by the names of :data:`cmi.names.PROTOCOLS`.
+BASES: dict[str, Protocol] = {
     "paper": Protocol(
         name="paper",
         cutoffs={"scree": lambda r, top: scree_candidates(r.cmi, top),
@@ -56,41 +63,23 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-#: The authors' code paths that differ from the paper's text (METHOD.md §9), each by the Protocol
-#: fields it sets. ``paper+<path>`` is the paper's text with that one path of theirs switched on,
-#: ``authors-<path>`` their code with that one path switched back to the text; both run the nine plans
-#: the authors' code defines (the path ablation of :func:`cmi.controls.path_ablation`).
-PATHS: dict[str, tuple[str, ...]] = {
-    "scree-on-indices": ("cutoffs",),                 # scree ratios on channel indices, not CMI values
-    "shifted-kept": ("kept",),                        # every kept index shifted by -1
-    "chosen-on-test": ("choose_on",),                 # candidate cuts scored on test images
-    "unconditioned-shuffles": ("permute_condition",),  # the permutation test leaves Z out of its shuffles
-    "compact-previous-only": ("compact_scores_previous_only",),
-    "full-one-chain": ("full_bidirectional_one_chain",),
-    "exact-ranking": ("exact_ranking",),              # every greedy pick, no saturation stop
-}
+#: The authors' code paths, each switched alone by a one-path variant: :data:`cmi.names.PATHS`.
 
 
 def one_path(base: str, path: str) -> Protocol:
     """``base`` ('paper' or 'authors') with one path of :data:`PATHS` taken from the other protocol."""
-    if base not in PROTOCOLS or path not in PATHS:
+    if base not in BASES or path not in PATHS:
         raise ValueError(f"a one-path protocol is 'paper+<path>' or 'authors-<path>' with <path> one of "
                          f"{tuple(PATHS)}, got base {base!r} and path {path!r}")
-    other = PROTOCOLS["authors" if base == "paper" else "paper"]
+    other = BASES["authors" if base == "paper" else "paper"]
     changes = {f: getattr(other, f) for f in PATHS[path]}
     if base == "paper":
         name, label = f"paper+{path}", f"paper's text with the authors' {path}"
     else:
         name, label = f"authors-{path}", f"authors' code paths without their {path}"
-    choose_on = changes.get("choose_on", PROTOCOLS[base].choose_on)
+    choose_on = changes.get("choose_on", BASES[base].choose_on)
     label += ", chosen on test data" if choose_on == "test" else ", chosen on held-out training images"
-    return dataclasses.replace(PROTOCOLS[base], **changes, name=name, label=label, plans=authors.PLANS)
-
-
-def protocol_names() -> list[str]:
-    """Every protocol name, in the path ablation's order: both end points, then each path switched on
-    alone in the paper's text (``paper+<path>``) and off alone in the authors' code (``authors-<path>``)."""
-    return ["paper", "authors", *(f"{b}{p}" for p in PATHS for b in ("paper+", "authors-"))]
+    return dataclasses.replace(BASES[base], **changes, name=name, label=label, plans=authors.PLANS)
 
 
 def is_protocol(name) -> bool:
@@ -99,10 +88,10 @@ def is_protocol(name) -> bool:
 
 def get_protocol(name: str) -> Protocol:
     """A protocol by name: 'paper', 'authors', 'paper+<path>' or 'authors-<path>' (:data:`PATHS`)."""
-    if name in PROTOCOLS:
-        return PROTOCOLS[name]
+    if name in BASES:
+        return BASES[name]
     for base, sep in (("paper", "+"), ("authors", "-")):
         if isinstance(name, str) and name.startswith(base + sep) and name[len(base) + 1:] in PATHS:
             return one_path(base, name[len(base) + 1:])
-    raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)} or a one-path variant 'paper+<path>' / "
+    raise ValueError(f"protocol must be one of {tuple(BASES)} or a one-path variant 'paper+<path>' / "
                      f"'authors-<path>' with <path> one of {tuple(PATHS)}, got {name!r}")

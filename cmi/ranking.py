@@ -1,4 +1,4 @@
-"""Greedy CMI ranking of the channels of one layer (METHOD.md §3).
+"""Greedy CMI ranking of the channels of one layer (docs/method.md §3).
 
 With Y the labels, Z the conditioning feature maps and S the channels selected so far, step t
 adds the channel j that maximises I(Y; Z ∪ S ∪ {j}) and records
@@ -16,7 +16,7 @@ How the engine reaches the cost floor of one eigendecomposition per candidate en
   and I(Y; Z ∪ S_t) is the maximum the greedy step has just computed: CMI_t costs nothing extra;
 - α = 2 needs no eigendecomposition: S_2(A) = -log ||A||_F², and for all candidates at once
   ||K_S ∘ K_j||_F² = <K_S², K_j²> is one matrix-vector product with the precomputed K_j²;
-- the saturation stop (``saturation_tol``, METHOD.md §10): once CMI_t <= tol x I(Y; L ∪ Z) the
+- the saturation stop (``saturation_tol``, docs/method.md §10): once CMI_t <= tol x I(Y; L ∪ Z) the
   selected set already carries everything the estimator can see about Y, every remaining candidate
   ties up to round-off, and further greedy steps (C - t candidates each) would rank noise. The loop
   stops there; the tail is ordered by :data:`TAIL_RULE` at a cost linear in C, and its CMI, MI
@@ -29,27 +29,19 @@ import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
 from .device import resolve_device
-from .entropy import eigvalsh, entropy_from_eigenvalues, kernel_width, sq_dists
+from .grams import (EntropyCounter, channel_grams, check_inputs, default_chunk, degenerate_grams,
+                    variable_gram)
+from .names import SATURATION_TOL
+from .store import cache_key, read_cache, save_json
 
 Tensor = torch.Tensor
-
-#: Default relative tolerance of the saturation stop: CMI_t <= SATURATION_TOL x I(Y; L ∪ Z).
-#: Chosen from the measured curves (figures/bench/saturation-quick-fashion-mnist.md): below it CMI_t
-#: decays geometrically without a plateau, and on the trained quick network the exact order past
-#: this point keeps no more accurate filters than the tail rule or a random choice, while each
-#: further pick costs 2(C - t) eigendecompositions. 0 runs the exact full greedy ranking.
-SATURATION_TOL = 1e-3
-
-#: A Gram matrix whose off-diagonal entries are all within this of 0 is numerically the identity
-#: (every sample its own point at this σ: entropy log N); within this of 1, all ones (a constant
-#: channel: entropy 0). A layer whose every Gram is one or the other carries no information.
-DEGENERATE_TOL = 1e-12
 
 #: How the channels left after a saturation stop are ordered (not chosen by CMI).
 TAIL_RULE = "I(Y; channel) alone, descending, rounded to 1e-10 nats; ties by channel index"
@@ -95,123 +87,6 @@ class Ranking:
         return cls(**d)
 
 
-# ----------------------------------------------------------------------------- validation
-def _as_4d(name: str, x, n: int | None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}")
-    if n is not None and x.shape[0] != n:
-        raise ValueError(f"{name} has N={x.shape[0]} samples but features has N={n}")
-    if not x.is_floating_point():
-        x = x.float()
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
-    return x
-
-
-def _check_inputs(features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol=0.0,
-                  dtype=torch.float64, chunk=None):
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float64 (the default) or torch.float32, got {dtype!r}: "
-                         f"eigendecompositions need at least single precision")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk must be None or a positive int (candidates per batch), got {chunk!r}")
-    features = _as_4d("features", features, None)
-    n, c = features.shape[:2]
-    if n < 2:
-        raise ValueError(f"features has N={n} samples; at least 2 are needed")
-    if c < 2:
-        raise ValueError(f"features has {c} channel(s); ranking needs at least 2")
-    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"labels must be a 1-D integer tensor, got "
-                         f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}"
-                         f"{' of ' + str(labels.dtype) if isinstance(labels, Tensor) else ''}")
-    if len(labels) != n:
-        raise ValueError(f"labels has {len(labels)} entries but features has N={n} samples")
-    k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
-    if labels.min() < 0 or labels.max() >= k:
-        raise ValueError(f"labels must lie in [0, num_classes={k}); found values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
-    if inputs is not None:
-        inputs = _as_4d("inputs", inputs, n)
-    if isinstance(condition, Tensor):
-        condition = [condition]
-    condition = [_as_4d(f"condition[{i}]", z, n) for i, z in enumerate(condition or ())]
-    if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if permutation is not None:
-        try:
-            p_count, eta = permutation
-        except (TypeError, ValueError):
-            raise ValueError(f"permutation must be None or (P, eta), got {permutation!r}") from None
-        if not (isinstance(p_count, int) and p_count >= 1 and 0 < eta < 1):
-            raise ValueError(f"permutation=(P, eta) needs an integer P >= 1 and 0 < eta < 1, got {permutation!r}")
-    if isinstance(saturation_tol, bool) or not (isinstance(saturation_tol, (int, float)) and 0 <= saturation_tol < 1):
-        raise ValueError(f"saturation_tol must be a number in [0, 1), got {saturation_tol!r}")
-    if permutation is not None and saturation_tol:
-        raise ValueError("saturation_tol must be 0 with a permutation test: the test has its own stop "
-                         "and its CMI_t is the observed four-entropy value")
-    return features, labels, inputs, condition, k
-
-
-# ----------------------------------------------------------------------------- Gram matrices
-def _channel_grams(x: Tensor, rule, dtype) -> tuple[Tensor, list[float]]:
-    """Unnormalised Gaussian Gram matrix of every channel: (N, C, H, W) -> (C, N, N), and the σs."""
-    n, c = x.shape[:2]
-    flat = x.reshape(n, c, -1).transpose(0, 1).to(dtype)          # (C, N, d)
-    d = sq_dists(flat)
-    if isinstance(rule, str) and rule != "paper":
-        sig = [kernel_width(rule, n, flat.shape[-1], flat[j]) for j in range(c)]
-    else:
-        sig = [kernel_width(rule, n, flat.shape[-1])] * c
-    s2 = torch.tensor(sig, dtype=dtype, device=x.device).view(c, 1, 1) ** 2
-    return d.div_(-2 * s2).exp_(), sig
-
-
-def _degenerate_grams(k: Tensor) -> tuple[int, int]:
-    """How many of the unit-diagonal Gram matrices ``k`` (C, N, N) are numerically the identity and
-    how many all ones (:data:`DEGENERATE_TOL`); reductions only, no copy of ``k``."""
-    n = k.shape[-1]
-    identity = (k.sum((1, 2)) - n) <= DEGENERATE_TOL * n * (n - 1)      # entries are >= 0
-    ones = k.amin((1, 2)) >= 1 - DEGENERATE_TOL
-    return int(identity.sum()), int(ones.sum())
-
-
-def _variable_gram(x: Tensor, rule, d_sigma: int, dtype) -> tuple[Tensor, float]:
-    """Gram matrix (N, N) of one variable (all of x's features together), σ from dimension d_sigma."""
-    flat = x.reshape(x.shape[0], -1).to(dtype)
-    sigma = kernel_width(rule, x.shape[0], d_sigma, flat)
-    return torch.exp(-sq_dists(flat) / (2 * sigma * sigma)), sigma
-
-
-class _Entropy:
-    """S_α of unnormalised Gram products (unit diagonal, so trace N), batched, chunked and counted."""
-
-    def __init__(self, alpha: float, chunk: int):
-        self.alpha, self.chunk, self.count = alpha, chunk, 0
-
-    def __call__(self, k: Tensor, mult: Tensor | None = None) -> Tensor:
-        """S_α(k ∘ mult / N) for k (B, N, N) (or (N, N)); ``mult`` (N, N) also has a unit diagonal."""
-        single = k.ndim == 2
-        k = k[None] if single else k
-        out = []
-        for i in range(0, k.shape[0], self.chunk):
-            a = k[i:i + self.chunk] * mult if mult is not None else k[i:i + self.chunk].clone()
-            a = a.div_(a.shape[-1])
-            self.count += a.shape[0]
-            if self.alpha == 2:
-                out.append(-torch.log((a * a).sum((-2, -1))))
-            else:
-                out.append(entropy_from_eigenvalues(eigvalsh(a), self.alpha))
-        out = torch.cat(out)
-        return out[0] if single else out
-
-
-def _default_chunk(n: int, budget_bytes: float = 2**28) -> int:
-    return max(1, int(budget_bytes // (2 * 8 * n * n)))
-
-
 # ----------------------------------------------------------------------------- the engine
 def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = None,
                   condition: Sequence[Tensor] = (), alpha: float = 1.01, sigma="paper",
@@ -219,7 +94,7 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
                   permute_condition: bool = True, saturation_tol: float | None = None, device=None,
                   seed: int = 0, dtype: torch.dtype = torch.float64, chunk: int | None = None,
                   progress: bool = False, desc: str = "ranking") -> Ranking:
-    """Rank the C channels of one layer by greedy CMI selection (METHOD.md §3).
+    """Rank the C channels of one layer by greedy CMI selection (docs/method.md §3).
 
     Args:
         features: (N, C, H, W) post-ReLU activations of the layer on N samples.
@@ -234,7 +109,7 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
         permutation: None, or (P, eta): after each pick, shuffle the samples of the picked channel P
             times; p = fraction of shuffled CMI <= observed; stop at the first p >= eta.
         permute_condition: False computes the shuffled CMIs without Z (the authors' code,
-            METHOD.md §9); the observed CMI_t always conditions on Z.
+            docs/method.md §9); the observed CMI_t always conditions on Z.
         saturation_tol: stop the greedy loop once CMI_t <= saturation_tol x I(Y; L ∪ Z) (also
             before the first pick, when Z alone saturates) and order the rest by :data:`TAIL_RULE`;
             0 runs every greedy step (the exact run). None: :data:`SATURATION_TOL`, or 0 with
@@ -250,32 +125,78 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
     t0 = time.perf_counter()
     if saturation_tol is None:
         saturation_tol = 0.0 if permutation is not None else SATURATION_TOL
-    features, labels, inputs, condition, k = _check_inputs(
+    features, labels, inputs, condition, k = check_inputs(
         features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol, dtype, chunk)
+    lay = _layer_grams(features, labels, inputs, condition, k, alpha, sigma, device, dtype, chunk, desc)
+    run = _greedy(lay, bool(condition), permutation, permute_condition, saturation_tol, seed, progress, desc)
+    if run.saturated_at is not None:
+        _saturated_tail(lay, run, bool(condition))
+    if lay.dev.type == "cuda":
+        torch.cuda.synchronize(lay.dev)
+    return Ranking(order=run.order, cmi=run.cmi, objective=run.objective, mi_labels=run.mi_labels,
+                   mi_input=run.mi_input, p_values=run.p_values, n_channels=lay.c, alpha=float(alpha),
+                   sigma={"features": lay.sig_feat[0] if len(set(lay.sig_feat)) == 1 else lay.sig_feat,
+                          "labels": lay.sig_y, "inputs": lay.sig_x, "condition": lay.sig_z},
+                   seconds=time.perf_counter() - t0, entropies=lay.ent.count, device=str(lay.dev),
+                   stopped=run.stopped,
+                   info={"mi_labels_all": lay.mi_all, "n_samples": lay.n, "num_classes": k,
+                         "saturation_tol": float(saturation_tol),
+                         "degenerate_grams": {"identity": lay.n_identity, "ones": lay.n_ones, "channels": lay.c},
+                         **({"tail_rule": TAIL_RULE} if run.saturated_at is not None else {})},
+                   saturated_at=run.saturated_at)
+
+
+@dataclass
+class _Layer:
+    """What the greedy loop reads, fixed for the whole ranking: Gram matrices (unit diagonal), their
+    σs, and the entropies and informations that do not depend on the selected set."""
+
+    dev: torch.device
+    n: int
+    c: int
+    ent: EntropyCounter                  #: counts every entropy; ``ent.chunk`` candidates per batch
+    k_feat: Tensor                 #: (C, N, N), one per channel
+    sig_feat: list[float]
+    n_identity: int                #: channels whose Gram is numerically the identity
+    n_ones: int                    #: ... all ones
+    k_y: Tensor
+    sig_y: float
+    k_z: Tensor                    #: Gram of Z (all ones without a condition)
+    sig_z: list
+    k_x: Tensor | None
+    sig_x: float | None
+    h_x: Tensor | None             #: S(input)
+    h_y: Tensor                    #: S(Y)
+    mi_all: float                  #: I(Y; L ∪ Z)
+    sq: Tensor | None              #: K_j² flattened (C, N²), for α = 2
+
+
+def _layer_grams(features, labels, inputs, condition, k, alpha, sigma, device, dtype, chunk, desc) -> _Layer:
+    """The Gram matrices of the layer's channels, Y, Z and the inputs (checked arguments of
+    :func:`rank_channels`), and the fixed entropies; warns when every channel's Gram is degenerate."""
     dev = resolve_device(device)
     n, c = features.shape[:2]
-    chunk = chunk or _default_chunk(n)
-    ent = _Entropy(float(alpha), chunk)
+    ent = EntropyCounter(float(alpha), chunk or default_chunk(n))
 
-    k_feat, sig_feat = _channel_grams(features.to(dev), sigma, dtype)           # (C, N, N)
-    n_identity, n_ones = _degenerate_grams(k_feat)
+    k_feat, sig_feat = channel_grams(features.to(dev), sigma, dtype)            # (C, N, N)
+    n_identity, n_ones = degenerate_grams(k_feat)
     if n_identity + n_ones == c:
         warnings.warn(
             f"{desc}: the Gram matrices of all {c} channels are numerically the identity ({n_identity}) or all "
             f"ones ({n_ones}) at σ rule {sigma!r} (σ = {statistics.median(sig_feat):.3g}, maps "
             f"{features.shape[2]}x{features.shape[3]}, N = {n}): every entropy is log N or 0, so the CMI is 0 "
             f"and the order is the channel index. Use a kernel width on the features' scale (sigma='median') "
-            f"or rescale the features.", stacklevel=2)
+            f"or rescale the features.", stacklevel=3)                        # the caller of rank_channels
     onehot = torch.nn.functional.one_hot(labels.to(dev).long(), k).to(dtype)
-    k_y, sig_y = _variable_gram(onehot, sigma, k, dtype)
+    k_y, sig_y = variable_gram(onehot, sigma, k, dtype)
     k_z = torch.ones(n, n, dtype=dtype, device=dev)                            # Gram of Z (empty: ones)
     sig_z = []
     for z in condition:
-        kz, s = _channel_grams(z.to(dev), sigma, dtype)
+        kz, s = channel_grams(z.to(dev), sigma, dtype)
         k_z *= kz.prod(0)
         sig_z.append(s[0] if len(set(s)) == 1 else s)
         del kz
-    k_x, sig_x = (_variable_gram(inputs.to(dev), sigma, inputs.shape[2] * inputs.shape[3], dtype)
+    k_x, sig_x = (variable_gram(inputs.to(dev), sigma, inputs.shape[2] * inputs.shape[3], dtype)
                   if inputs is not None else (None, None))
     h_x = ent(k_x) if k_x is not None else None
 
@@ -283,90 +204,110 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
     k_all = k_z * k_feat.prod(0)
     mi_all = (h_y + ent(k_all) - ent(k_all, k_y)).item()                      # I(Y; L ∪ Z)
     sq = (k_feat * k_feat).reshape(c, -1) if alpha == 2 else None              # K_j², for α = 2
+    return _Layer(dev=dev, n=n, c=c, ent=ent, k_feat=k_feat, sig_feat=sig_feat, n_identity=n_identity,
+                  n_ones=n_ones, k_y=k_y, sig_y=sig_y, k_z=k_z, sig_z=sig_z, k_x=k_x, sig_x=sig_x, h_x=h_x,
+                  h_y=h_y, mi_all=mi_all, sq=sq)
 
-    order: list[int] = []
-    cmi, objective, mi_labels = [], [], []
-    mi_input = [] if inputs is not None else None
-    p_values = [] if permutation is not None else None
-    remaining = list(range(c))
-    k_zs = k_z.clone()                         # Gram of Z ∪ S
-    k_s = torch.ones_like(k_z)                 # Gram of S alone
+
+@dataclass
+class _Picks:
+    """The state of the greedy selection: the curves of :class:`Ranking` so far, the channels not
+    yet picked, and the running Gram matrices of Z ∪ S and of S alone (updated in place)."""
+
+    remaining: list[int]
+    k_zs: Tensor
+    k_s: Tensor
+    mi_input: list[float] | None
+    p_values: list[float] | None
+    order: list[int] = field(default_factory=list)
+    cmi: list[float] = field(default_factory=list)
+    objective: list[float] = field(default_factory=list)
+    mi_labels: list[float] = field(default_factory=list)
+    stopped: bool = False
+    saturated_at: int | None = None
+    single: Tensor | None = None   #: I(Y; j) of every channel alone, when the first step computes it
+
+
+def _greedy(lay: _Layer, conditioned: bool, permutation, permute_condition: bool, saturation_tol: float,
+            seed: int, progress: bool, desc: str) -> _Picks:
+    """The greedy loop: up to C-1 picks, each the channel maximising I(Y; Z ∪ S ∪ {j}); stops early
+    at the permutation test's stop or at saturation (then ``saturated_at`` is set)."""
+    run = _Picks(remaining=list(range(lay.c)), k_zs=lay.k_z.clone(), k_s=torch.ones_like(lay.k_z),
+                 mi_input=[] if lay.k_x is not None else None, p_values=[] if permutation is not None else None)
     gen = torch.Generator().manual_seed(seed)
-    stopped = False
-    saturated_at = None
-    threshold = saturation_tol * abs(mi_all)
+    threshold = saturation_tol * abs(lay.mi_all)
 
     def saturated(cmi_t: float) -> bool:
         return saturation_tol > 0 and cmi_t <= threshold
 
-    single = None                   # I(Y; j) of every channel alone, when the first step computes it
-    if condition and saturated(mi_all - (h_y + ent(k_z) - ent(k_z, k_y)).item()):   # Z alone saturates
-        saturated_at = 0
-    bar = tqdm(total=c - 1, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for _step in range(c - 1 if saturated_at is None else 0):
-        rem = torch.tensor(remaining, device=dev)
-        k_zsy = k_zs * k_y
-        if alpha == 2:   # S_2(K_ZS ∘ K_j / N) = 2 log N - log <K_ZS², K_j²>, all candidates at once
-            dots = (sq @ torch.stack([(k_zs * k_zs).reshape(-1), (k_zsy * k_zsy).reshape(-1)], 1))[rem]
-            h_cand, h_cand_y = (2 * math.log(n) - torch.log(dots)).unbind(1)
-            ent.count += 2 * len(remaining)
-        else:
-            parts = [(ent(k_feat[idx], k_zs), ent(k_feat[idx], k_zsy)) for idx in rem.split(chunk)]
-            h_cand = torch.cat([a for a, _ in parts])
-            h_cand_y = torch.cat([b for _, b in parts])
-        gains = h_y + h_cand - h_cand_y                                       # I(Y; Z ∪ S ∪ {j})
-        if _step == 0 and not condition:
-            single = gains.clone()
+    if conditioned and saturated(lay.mi_all - (lay.h_y + lay.ent(lay.k_z) - lay.ent(lay.k_z, lay.k_y)).item()):
+        run.saturated_at = 0                                                   # Z alone saturates
+    bar = tqdm(total=lay.c - 1, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for step in range(lay.c - 1 if run.saturated_at is None else 0):
+        h_cand, h_cand_y = _candidate_entropies(lay, run.remaining, run.k_zs)
+        gains = lay.h_y + h_cand - h_cand_y                                   # I(Y; Z ∪ S ∪ {j})
+        if step == 0 and not conditioned:
+            run.single = gains.clone()
         best = int(torch.argmax(gains))      # first maximum: ties go to the lowest channel index
-        j = remaining.pop(best)
-        order.append(j)
-        k_zs_before = k_zs.clone() if permutation is not None else None
-        k_s_before = k_s.clone() if permutation is not None and not permute_condition else None
-        k_zs *= k_feat[j]
-        k_s *= k_feat[j]
+        j = run.remaining.pop(best)
+        run.order.append(j)
+        k_zs_before = run.k_zs.clone() if permutation is not None else None
+        k_s_before = run.k_s.clone() if permutation is not None and not permute_condition else None
+        run.k_zs *= lay.k_feat[j]
+        run.k_s *= lay.k_feat[j]
         gain = gains[best].item()
-        objective.append(gain)
-
-        # I(S; Y) and I(input; S): without Z the step already has S(S) and S(Y, S)
-        if condition:
-            h_s, h_s_y = ent(k_s), ent(k_s, k_y)
-        else:
-            h_s, h_s_y = h_cand[best], h_cand_y[best]
-        mi_labels.append((h_y + h_s - h_s_y).item())
-        if k_x is not None:
-            mi_input.append((h_x + h_s - ent(k_s, k_x)).item())
-
+        run.objective.append(gain)
+        _pick_informations(lay, run, conditioned, h_cand[best], h_cand_y[best])
         if permutation is None:
-            cmi.append(mi_all - gain)
-            if saturated(cmi[-1]) and len(remaining) > 1:
-                saturated_at = len(order)
+            run.cmi.append(lay.mi_all - gain)
+            if saturated(run.cmi[-1]) and len(run.remaining) > 1:
+                run.saturated_at = len(run.order)
         else:
-            observed, p = _permutation_test(k_feat, k_zs_before, j, remaining, k_y, ent, permutation, gen,
-                                            k_s_before)
-            cmi.append(observed)
-            p_values.append(p)
+            observed, p = _permutation_test(lay.k_feat, k_zs_before, j, run.remaining, lay.k_y, lay.ent,
+                                            permutation, gen, k_s_before)
+            run.cmi.append(observed)
+            run.p_values.append(p)
             if p >= permutation[1]:
-                stopped = True
+                run.stopped = True
         bar.update(1)
-        if stopped or saturated_at is not None:
+        if run.stopped or run.saturated_at is not None:
             break
     bar.close()
-    if saturated_at is not None:
-        tail = _tail_order(remaining, k_feat, k_y, h_y, ent, single)
-        _extend_curves(tail[:-1], k_feat, k_zs, k_s, k_y, k_x, h_y, h_x, mi_all, ent, chunk, bool(condition),
-                       order, cmi, objective, mi_labels, mi_input)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return Ranking(order=order, cmi=cmi, objective=objective, mi_labels=mi_labels, mi_input=mi_input,
-                   p_values=p_values, n_channels=c, alpha=float(alpha),
-                   sigma={"features": sig_feat[0] if len(set(sig_feat)) == 1 else sig_feat,
-                          "labels": sig_y, "inputs": sig_x, "condition": sig_z},
-                   seconds=time.perf_counter() - t0, entropies=ent.count, device=str(dev), stopped=stopped,
-                   info={"mi_labels_all": mi_all, "n_samples": n, "num_classes": k,
-                         "saturation_tol": float(saturation_tol),
-                         "degenerate_grams": {"identity": n_identity, "ones": n_ones, "channels": c},
-                         **({"tail_rule": TAIL_RULE} if saturated_at is not None else {})},
-                   saturated_at=saturated_at)
+    return run
+
+
+def _candidate_entropies(lay: _Layer, remaining: list[int], k_zs: Tensor) -> tuple[Tensor, Tensor]:
+    """S(Z ∪ S ∪ {j}) and S(Z ∪ S ∪ {j}, Y) for every remaining channel j, batched."""
+    rem = torch.tensor(remaining, device=lay.dev)
+    k_zsy = k_zs * lay.k_y
+    if lay.sq is not None:   # S_2(K_ZS ∘ K_j / N) = 2 log N - log <K_ZS², K_j²>, all candidates at once
+        dots = (lay.sq @ torch.stack([(k_zs * k_zs).reshape(-1), (k_zsy * k_zsy).reshape(-1)], 1))[rem]
+        h_cand, h_cand_y = (2 * math.log(lay.n) - torch.log(dots)).unbind(1)
+        lay.ent.count += 2 * len(remaining)
+        return h_cand, h_cand_y
+    parts = [(lay.ent(lay.k_feat[idx], k_zs), lay.ent(lay.k_feat[idx], k_zsy)) for idx in rem.split(lay.ent.chunk)]
+    return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+
+
+def _pick_informations(lay: _Layer, run: _Picks, conditioned: bool, h_cand: Tensor, h_cand_y: Tensor) -> None:
+    """Append I(S; Y) and I(input; S) for the set S just extended; without Z the step already has
+    S(S) and S(Y, S): ``h_cand``, ``h_cand_y`` of the pick."""
+    if conditioned:
+        h_s, h_s_y = lay.ent(run.k_s), lay.ent(run.k_s, lay.k_y)
+    else:
+        h_s, h_s_y = h_cand, h_cand_y
+    run.mi_labels.append((lay.h_y + h_s - h_s_y).item())
+    if lay.k_x is not None:
+        run.mi_input.append((lay.h_x + h_s - lay.ent(run.k_s, lay.k_x)).item())
+
+
+def _saturated_tail(lay: _Layer, run: _Picks, conditioned: bool) -> None:
+    """After a saturation stop: order the channels left by :data:`TAIL_RULE` and extend the curves
+    exactly along that order (the last channel is never picked, as in the full run)."""
+    tail = _tail_order(run.remaining, lay.k_feat, lay.k_y, lay.h_y, lay.ent, run.single)
+    _extend_curves(tail[:-1], lay.k_feat, run.k_zs, run.k_s, lay.k_y, lay.k_x, lay.h_y, lay.h_x, lay.mi_all,
+                   lay.ent, lay.ent.chunk, conditioned, run.order, run.cmi, run.objective, run.mi_labels,
+                   run.mi_input)
 
 
 def _tail_order(remaining: list[int], k_feat, k_y, h_y, ent, single) -> list[int]:
@@ -434,3 +375,34 @@ def _permutation_test(k_feat, k_before, j, remaining, k_y, ent, permutation, gen
     observed = cmis[0]
     p = (cmis[1:] <= observed).double().mean().item()
     return observed.item(), p
+
+
+# ----------------------------------------------------------------------------- cached rankings
+def cached_ranking(acts, layer: int, cond: Sequence[tuple[int, list[int]]] = (), *, alpha: float = 1.01,
+                   sigma: str = "paper", permutation: tuple[int, float] | None = None,
+                   permute_condition: bool = True, saturation_tol: float, seed: int = 0,
+                   cache_dir=None, device=None, progress: bool = False,
+                   desc: str = "ranking") -> tuple[Ranking, bool]:
+    """:func:`rank_channels` of layer ``layer`` of a :class:`cmi.activations.Activations` conditioned on
+    the kept maps ``cond`` ([(layer, kept channels)]), cached in ``cache_dir/rankings/`` under a hash of
+    everything it depends on. ``saturation_tol`` as in :func:`rank_channels` (the caller's config says
+    it); a permutation-test ranking is always exact (its own stop decides). Returns (ranking, whether it
+    came from the cache)."""
+    if permutation:
+        saturation_tol = 0.0
+    key = {"model": acts.model, "n": acts.n, "layer": layer, "condition": [[l, sorted(k)] for l, k in cond],
+           "alpha": alpha, "sigma": sigma, "permutation": list(permutation) if permutation else None,
+           "permute_condition": permute_condition if permutation else None, "saturation_tol": saturation_tol,
+           "seed": seed}
+    path = Path(cache_dir) / "rankings" / f"{cache_key(key)}.json" if cache_dir is not None else None
+    cached = read_cache(path, Ranking.from_dict, "cached ranking")
+    if cached is not None:
+        return cached, True
+    feats = acts.features
+    res = rank_channels(feats[layer], acts.labels, inputs=acts.inputs,
+                        condition=[feats[l][:, sorted(k)] for l, k in cond], alpha=alpha, sigma=sigma,
+                        permutation=permutation, permute_condition=permute_condition,
+                        saturation_tol=saturation_tol, device=device, seed=seed, progress=progress, desc=desc)
+    if path is not None:
+        save_json(res.to_dict(), path)
+    return res, False

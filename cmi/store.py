@@ -21,7 +21,7 @@ from .errors import CacheCorrupt
 from .paths import artifacts_root
 
 #: Part of every cache key: bump it when a code change alters what a cached stage would compute.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
@@ -111,6 +111,17 @@ def cache_key(payload: Any, length: int = 16) -> str:
     :data:`CACHE_VERSION`, so every cache in the package is keyed the same way."""
     blob = json.dumps({"payload": payload, "cache_version": CACHE_VERSION}, sort_keys=True, default=_jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def digest(cfg, *keys: str) -> str:
+    """12 hex digits naming a stage's cache: :func:`cache_key` of the seed and the config sections or
+    fields the stage depends on (:meth:`cmi.config.Config.payload`)."""
+    return cache_key(cfg.payload(*keys), 12)
+
+
+def save_config(cfg, path: Path) -> None:
+    """Write a resolved :class:`cmi.config.Config` as YAML, atomically."""
+    atomic_write_text(Path(path), cfg.to_yaml())
 
 
 def stage_dir(stage: str, digest: str) -> Path:

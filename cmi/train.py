@@ -19,17 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .config import Config, TrainConfig, save_config
+from .config import Config, TrainConfig
 from .data import Dataset, augment, load_dataset
 from .device import resolve_device  # noqa: F401  (outputs and sweep import it from here)
 from .errors import TrainingDiverged
 from .models import VGG16, build_model
-from .store import load_json, load_torch, save_json, save_torch, stage_dir
+from .store import digest, load_json, load_torch, save_config, save_json, save_torch, stage_dir
 
 StepHook = Callable[[int, int, nn.Module], None]
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
@@ -37,7 +37,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
-def _inputs(x: torch.Tensor, ds: Dataset, device: torch.device, batch_size: int) -> Iterator[torch.Tensor]:
+def batches(x: torch.Tensor, ds: Dataset, device: torch.device, batch_size: int) -> Iterator[torch.Tensor]:
     """uint8 images ``x`` as the network sees them: normalised batches on ``device``, channels_last."""
     for i in range(0, len(x), batch_size):
         yield ds.normalize(x[i:i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
@@ -51,82 +51,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ds: Dataset, *,
     device = torch.device(device)
     model.to(device).eval()
     correct, loss_sum = 0, 0.0
-    for xb, yb in zip(_inputs(x, ds, device, batch_size), torch.split(y, batch_size)):
+    for xb, yb in zip(batches(x, ds, device, batch_size), torch.split(y, batch_size)):
         yb = yb.to(device)
-        with _autocast(device):
+        with autocast(device):
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
     n = max(len(y), 1)
     return {"accuracy": correct / n, "loss": loss_sum / n}
-
-
-class MaskedScorer:
-    """Accuracy of masked copies of one network on fixed images: ``scorer(kept)`` is
-    ``evaluate(mask_model(model, kept), x, y, ds, batch_size=...)["accuracy"]`` bit for bit, faster
-    when many related masks are scored (a plan's candidate cuts).
-
-    ``model.features`` up to the input of conv l depends only on the masks of the layers before l, so
-    the scorer keeps that prefix's output at the input of every masked layer, keyed by those masks,
-    and a later mask resumes from the deepest kept prefix it shares: the candidate cuts of one layer
-    share everything before it, a chain's next layer extends its previous one. Prefixes are kept while
-    they fit ``budget_bytes`` (least recently used first out). Thread-safe.
-
-    ``model``: a :class:`VGG16` (moved to ``device`` in place, set to eval mode); ``x``: uint8 images (B, C, 32, 32);
-    ``y``: labels (B,)."""
-
-    def __init__(self, model: VGG16, x: torch.Tensor, y: torch.Tensor, ds: Dataset, *,
-                 device: torch.device | str = "cpu", batch_size: int = 1000, budget_bytes: int = 1 << 30):
-        import threading
-        from collections import OrderedDict
-
-        self.device, self.batch_size, self.budget = torch.device(device), batch_size, budget_bytes
-        self.model, self.x, self.y, self.ds = model.to(self.device).eval(), x, y, ds
-        self.positions = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
-        self.prefixes: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()   # (position, masks) -> batches
-        self.lock = threading.Lock()
-
-    def _key(self, pos: int, kept: dict[int, list[int]]) -> tuple:
-        return pos, tuple((l, tuple(k)) for l, k in sorted(kept.items()) if self.positions[l] < pos)
-
-    def _keep(self, key: tuple, batches: list[torch.Tensor]) -> None:
-        with self.lock:
-            self.prefixes[key] = batches
-            self.prefixes.move_to_end(key)
-            while len(self.prefixes) > 1 and sum(t.nbytes for bs in self.prefixes.values() for t in bs) > self.budget:
-                self.prefixes.popitem(last=False)
-
-    @torch.no_grad()
-    def logits(self, kept: dict[int, list[int]]) -> torch.Tensor:
-        """(B, classes) logits of the network with every filter outside ``kept`` ({layer: kept
-        channels}; layers not named stay whole) zeroed, as :func:`cmi.surgery.mask_model` does."""
-        from .surgery import kept_per_layer, mask_model
-
-        kept = kept_per_layer(self.model, kept)[0]
-        masked = mask_model(self.model, kept)
-        stops = sorted({self.positions[l] for l in kept})
-        start, batches = 0, None
-        with self.lock:
-            for pos in reversed(stops):
-                if (key := self._key(pos, kept)) in self.prefixes:
-                    start, batches = pos, self.prefixes[key]
-                    self.prefixes.move_to_end(key)
-                    break
-        if batches is None:
-            batches = list(_inputs(self.x, self.ds, self.device, self.batch_size))
-        with _autocast(self.device):
-            for pos in stops:
-                if pos > start:
-                    batches = [masked.features[start:pos](b) for b in batches]
-                    self._keep(self._key(pos, kept), batches)
-                    start = pos
-            out = [masked.classifier(torch.flatten(masked.pool(masked.features[start:](b)), 1)) for b in batches]
-        return torch.cat(out)
-
-    def __call__(self, kept: dict[int, list[int]]) -> float:
-        """Accuracy (fraction in [0, 1]) of the masked network on the images."""
-        hits = (self.logits(kept).argmax(1) == self.y.to(self.device)).sum().item()
-        return hits / max(len(self.y), 1)
 
 
 def lr_lambda(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -160,6 +92,59 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
 
+def _resume(ckpt_path: Path | None, model: nn.Module, opt, sched, history: History, progress: bool) -> int:
+    """Load the checkpoint at ``ckpt_path``, if there is one, into the model, optimiser, scheduler
+    and history; the number of epochs it had finished (0 without one)."""
+    if ckpt_path is None or not ckpt_path.is_file():
+        return 0
+    ckpt = load_torch(ckpt_path)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    history.epochs = list(ckpt["history"])
+    if progress:
+        print(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}", file=sys.stderr)
+    return ckpt["epoch"]
+
+
+def _train_epoch(model: nn.Module, ds: Dataset, x_all: torch.Tensor, y_all: torch.Tensor, opt, sched,
+                 criterion: nn.Module, *, seed: int, epoch: int, epochs: int, bs: int, steps: int,
+                 device: torch.device, augment_images: bool, progress: bool,
+                 on_step: StepHook | None) -> tuple[float, float]:
+    """One epoch of SGD, its randomness (shuffle, augmentation, dropout) seeded by (seed, epoch)
+    alone; returns the mean training loss and accuracy over its ``steps`` batches of ``bs``."""
+    es = _epoch_seed(seed, epoch)
+    torch.manual_seed(es)  # dropout
+    gen = torch.Generator(device=device).manual_seed(es)
+    perm = torch.randperm(len(y_all), generator=gen, device=device)
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+               file=sys.stderr, leave=False, dynamic_ncols=True)
+    for step in bar:
+        idx = perm[step * bs:(step + 1) * bs]
+        xb = augment(x_all[idx], gen) if augment_images else x_all[idx]
+        xb = ds.normalize(xb).contiguous(memory_format=torch.channels_last)
+        yb = y_all[idx]
+        with autocast(device):
+            logits = model(xb)
+            loss = criterion(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach()
+        correct += (logits.argmax(1) == yb).sum()
+        if on_step is not None:
+            on_step(epoch, step, model)
+        if progress and (step % 20 == 0 or step == steps - 1):
+            bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}",
+                            acc=f"{correct.item() / ((step + 1) * bs):.3f}")
+    bar.close()
+    return loss_sum.item() / steps, correct.item() / (steps * bs)
+
+
 def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: torch.device | str = "cpu",
         run_dir: Path | None = None, augment_images: bool = True, progress: bool = True,
         on_step: StepHook | None = None, eval_each_epoch: bool = True) -> History:
@@ -181,57 +166,20 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
     opt, sched = make_optimizer(model, tcfg, steps)
     history = History()
     ckpt_path = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
-    start = 0
-    if ckpt_path is not None and ckpt_path.is_file():
-        ckpt = load_torch(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        history.epochs = list(ckpt["history"])
-        start = ckpt["epoch"]
-        if progress:
-            print(f"resuming from {ckpt_path} after epoch {start}", file=sys.stderr)
+    start = _resume(ckpt_path, model, opt, sched, history, progress)
     x_all, y_all = ds.train_x.to(device), ds.train_y.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
 
     for epoch in range(start, tcfg.epochs):
         t0 = time.perf_counter()
-        es = _epoch_seed(seed, epoch)
-        torch.manual_seed(es)  # dropout
-        gen = torch.Generator(device=device).manual_seed(es)
-        perm = torch.randperm(n, generator=gen, device=device)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress,
-                   file=sys.stderr, leave=False, dynamic_ncols=True)
-        for step in bar:
-            idx = perm[step * bs:(step + 1) * bs]
-            xb = augment(x_all[idx], gen) if augment_images else x_all[idx]
-            xb = ds.normalize(xb).contiguous(memory_format=torch.channels_last)
-            yb = y_all[idx]
-            with _autocast(device):
-                logits = model(xb)
-                loss = criterion(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach()
-            correct += (logits.argmax(1) == yb).sum()
-            if on_step is not None:
-                on_step(epoch, step, model)
-            if progress and (step % 20 == 0 or step == steps - 1):
-                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}",
-                                acc=f"{correct.item() / ((step + 1) * bs):.3f}")
-        bar.close()
-        train_loss = loss_sum.item() / steps
+        train_loss, train_acc = _train_epoch(
+            model, ds, x_all, y_all, opt, sched, criterion, seed=seed, epoch=epoch, epochs=tcfg.epochs, bs=bs,
+            steps=steps, device=device, augment_images=augment_images, progress=progress, on_step=on_step)
         if not math.isfinite(train_loss):
             where = f"; the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if ckpt_path and epoch else ""
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} "
                                    f"(peak lr {tcfg.lr}){where}. Lower train.lr or check the data.")
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
-               "train_acc": correct.item() / (steps * bs)}
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc}
         if eval_each_epoch:
             if len(ds.val_y):
                 row["val_acc"] = evaluate(model, ds.val_x, ds.val_y, ds, device=device,
@@ -261,7 +209,7 @@ class Baseline:
 
 
 def baseline_dir(cfg: Config) -> Path:
-    return stage_dir("baseline", cfg.digest("data", "model", "train"))
+    return stage_dir("baseline", digest(cfg, "data", "model", "train"))
 
 
 def model_spec(model: VGG16) -> dict:

@@ -1,6 +1,6 @@
 """A deliberately naive reference for the CMI ranking: numpy, loops, everything recomputed.
 
-Written straight from METHOD.md §2-§3 with no shortcut: every joint entropy multiplies the
+Written straight from docs/method.md §2-§3 with no shortcut: every joint entropy multiplies the
 normalised Gram matrices of all its member variables from scratch, every CMI_t is evaluated by
 the four-entropy formula, and every candidate of every step is its own eigendecomposition.
 """

@@ -122,18 +122,29 @@ def main() -> None:
         return start_notebook("smoke", None, 3)
     api("6 papermill -p overrides 3", overrides_3)
 
-    def plan_elsewhere():
+    def tiny_run():
         from cmi.activations import capture
         from cmi.data import load_dataset
-        from cmi.planner import plan
-        from cmi.plans import PlanSettings
-        ds = load_dataset(load_config("smoke", SYN))
+        from cmi.run import Run
+        from cmi.train import Baseline
+        pcfg = load_config("smoke", SYN + ["cmi.permutations=5", "cmi.saturation_tol=0"])
+        ds = load_dataset(pcfg)
         acts = capture(model, ds, n=32, seed=0)
-        p, _ = plan(model, acts, cutoff="ptest", ds=ds, settings=PlanSettings(permutations=5), device="cpu",
-                    progress=False)
+        return Run(pcfg, Baseline(model, {"test_accuracy": 0.0}, [], None, False), ds, acts, torch.device("cpu"),
+                   None)                                   # nothing cached
+
+    def plan_elsewhere():
+        from cmi.planner import plan
+        p, _ = plan(tiny_run(), ("per-layer", "ptest", "forward"), progress=False)
         torch.manual_seed(1)
         return mask_model(build_model(num_classes=10, width=0.0625, head="linear"), p) and "masked"
     api("6 a Plan applied to another network of the same widths", plan_elsewhere)
+
+    def plan_spec(spec, criterion="cmi"):
+        from cmi.planner import plan
+        return lambda: plan(tiny_run(), spec, criterion=criterion, progress=False)[0].name
+    api("6 a plan spec with a misspelt formulation", plan_spec(("per-leyer", "scree", "forward")))
+    api("6 the permutation-test cutoff on the random criterion", plan_spec(("per-layer", "ptest", "forward"), "random"))
 
     # 7. silent overrides
     cli("7 dataset=fashion-mnist data.name=cifar10", "config", "--profile", "quick", "dataset=fashion-mnist",

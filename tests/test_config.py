@@ -64,16 +64,50 @@ def test_bad_profiles(tmp_path):
 
 
 def test_digest_depends_only_on_named_sections():
+    from cmi.store import digest
+
     cfg = load_config("quick")
-    assert cfg.digest("data", "model", "train") == load_config("quick").digest("data", "model", "train")
-    assert cfg.digest("data", "model", "train") != cfg.replace({"lr": 0.2}).digest("data", "model", "train")
-    assert cfg.digest("data", "model", "train") != cfg.replace({"seed": 1}).digest("data", "model", "train")
+    key = ("data", "model", "train")
+    assert digest(cfg, *key) == digest(load_config("quick"), *key)
+    assert re.fullmatch(r"[0-9a-f]{12}", digest(cfg, *key))
+    assert digest(cfg, *key) != digest(cfg.replace({"lr": 0.2}), *key)
+    assert digest(cfg, *key) != digest(cfg.replace({"seed": 1}), *key)
     # the device and profile label do not change what is computed
-    assert cfg.digest("data", "model", "train") == cfg.replace({"device": "cpu", "profile": "x"}).digest(
-        "data", "model", "train")
-    assert cfg.digest("data") == cfg.replace({"lr": 0.2}).digest("data")
+    assert digest(cfg, *key) == digest(cfg.replace({"device": "cpu", "profile": "x"}), *key)
+    assert digest(cfg, "data") == digest(cfg.replace({"lr": 0.2}), "data")
+    # a single field: only that field (and the seed) counts
+    assert digest(cfg, "cmi.n_samples") == digest(cfg.replace({"cmi.alpha": 2.0}), "cmi.n_samples")
+    assert digest(cfg, "cmi.n_samples") != digest(cfg.replace({"cmi.n_samples": 64}), "cmi.n_samples")
+    # the payload is exactly the seed and the named sections / fields, as plain values
+    payload = cfg.payload("data", "cmi.n_samples")
+    assert payload == {"seed": cfg.seed, "data": dataclasses.asdict(cfg.data), "cmi.n_samples": cfg.cmi.n_samples}
     with pytest.raises(ConfigError, match="unknown config section"):
-        cfg.digest("nope")
+        cfg.payload("nope")
+    with pytest.raises(ConfigError, match="unknown config section or field 'cmi.nope'"):
+        digest(cfg, "cmi.nope")
+
+
+def test_save_config_writes_the_resolved_config(tmp_path):
+    from cmi.store import save_config
+
+    cfg = load_config("smoke", {"epochs": 3, "lr": 0.2})
+    save_config(cfg, tmp_path / "sub" / "config.yaml")
+    assert load_config(str(tmp_path / "sub" / "config.yaml")) == cfg
+    assert not list((tmp_path / "sub").glob(".*.tmp"))
+
+
+def test_keep_drop_is_max_drop_or_one_point():
+    assert load_config("smoke", {"prune.max_drop": None}).keep_drop == 0.01
+    assert load_config("smoke", {"prune.max_drop": 0.03}).keep_drop == 0.03
+    assert load_config("smoke", {"prune.max_drop": 0.0}).keep_drop == 0.0
+
+
+def test_parse_overrides_is_public():
+    from cmi.config import parse_overrides
+
+    assert parse_overrides(["train.epochs=3", "width=0.5"]) == {"train.epochs": 3, "width": 0.5}
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        parse_overrides(["epochs"])
 
 
 def test_yaml_round_trip(tmp_path):

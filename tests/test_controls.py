@@ -11,7 +11,6 @@ from cmi.criteria import CRITERIA, Context, get_criterion
 from cmi.cutoffs import choose_within_drop
 from cmi.models import LAYER_NAMES, VGG16, layer_widths
 from cmi.planner import plan
-from cmi.plans import PlanSettings
 from cmi.surgery import mask_model, recalibrate_bn, remove_channels
 from cmi.train import evaluate
 
@@ -41,7 +40,7 @@ def test_the_minus_one_shift_on_a_five_channel_layer():
 
 
 def test_xmeans_cuts_ignore_the_shape_of_the_curve():
-    """METHOD.md §9: with CMI far below the index range, X-Means on (i, CMI_i) cuts at regular
+    """docs/method.md §9: with CMI far below the index range, X-Means on (i, CMI_i) cuts at regular
     positions, within one index of each other for a flat curve and a decaying one."""
     i = np.arange(127)
     flat = authors.xmeans_on_index_axis(list(np.full(127, 0.01)))
@@ -139,15 +138,20 @@ def test_recalibration_sets_bn_statistics_to_the_data_average():
 
 
 # ----------------------------------------------------------------------------- plans and controls
-AUTHORS = PlanSettings(permutations=10, protocol="authors", max_drop=0.01)
+@pytest.fixture
+def authors_cfg(plan_cfg):
+    """The planner's config under the authors' protocol with their 1 pp choice rule."""
+    return plan_cfg.replace({"prune.protocol": "authors", "prune.max_drop": 0.01})
 
 
-def test_authors_protocol_applies_every_path(trained, monkeypatch):
+def test_authors_protocol_applies_every_path(trained, authors_cfg, monkeypatch):
+    from conftest import make_run
+
     from cmi import planner
 
     model, acts, ds = trained
-    p, _ = plan(model, acts, formulation="full", cutoff="scree", direction="bidirectional", ds=ds,
-                settings=AUTHORS, device="cpu", progress=False)
+    run = make_run(authors_cfg, model, ds, acts)
+    p, _ = plan(run, ("full", "scree", "bidirectional"), progress=False)
     assert p.protocol == "authors" and p.complete and sorted(d.layer for d in p.decisions) == list(range(13))
     for d in p.decisions:
         full = d.ranking["order"] + [j for j in range(d.channels) if j not in d.ranking["order"]]
@@ -172,20 +176,20 @@ def test_authors_protocol_applies_every_path(trained, monkeypatch):
         return real(self, applied)
 
     monkeypatch.setattr(planner._Planner, "score", spy)
-    plan(model, acts, formulation="compact", cutoff="scree", direction="forward", ds=ds, settings=AUTHORS,
-         device="cpu", progress=False)
+    plan(run, ("compact", "scree", "forward"), progress=False)
     assert scored and max(len(s) for s in scored) <= 2
     scored.clear()
-    plan(model, acts, formulation="compact", cutoff="scree", direction="forward", ds=ds,
-         settings=dataclasses.replace(AUTHORS, protocol="paper"), device="cpu", progress=False)
+    q, _ = plan(run.with_protocol("paper"), ("compact", "scree", "forward"), progress=False)
+    assert q.protocol == "paper"
     assert max(len(s) for s in scored) > 2                          # the paper's protocol: the whole chain
 
 
-def test_paper_protocol_falls_back_instead_of_chasing_chance(trained):
+def test_paper_protocol_falls_back_instead_of_chasing_chance(trained, plan_cfg):
+    from conftest import make_run
+
     model, acts, ds = trained
-    strict = PlanSettings(permutations=10, max_drop=0.0, fallback="unpruned")
-    p, _ = plan(model, acts, formulation="per-layer", cutoff="scree", direction="forward", ds=ds, settings=strict,
-                device="cpu", progress=False)
+    strict = plan_cfg.replace({"prune.max_drop": 0.0, "prune.fallback": "unpruned"})
+    p, _ = plan(make_run(strict, model, ds, acts), ("per-layer", "scree", "forward"), progress=False)
     full_acc = evaluate(model, ds.val_x, ds.val_y, ds)["accuracy"]
     for d in p.decisions:
         if d.scores:
@@ -193,9 +197,8 @@ def test_paper_protocol_falls_back_instead_of_chasing_chance(trained):
             ok = [k for k, s in zip(d.candidates, d.scores) if s >= d.reference]
             assert d.fallback == (not ok)
             assert d.keep == (d.channels if not ok else d.keep) and (not ok or d.keep in ok)
-    chain = dataclasses.replace(strict, reference="chain", fallback="largest", max_drop=0.01)
-    q, _ = plan(model, acts, formulation="per-layer", cutoff="scree", direction="forward", ds=ds, settings=chain,
-                device="cpu", progress=False)
+    chain = strict.replace({"prune.reference": "chain", "prune.fallback": "largest", "prune.max_drop": 0.01})
+    q, _ = plan(make_run(chain, model, ds, acts), ("per-layer", "scree", "forward"), progress=False)
     refs = [d.reference for d in q.decisions if d.scores]
     assert refs[0] == full_acc and len(set(refs)) > 1     # "chain": each layer's own reference
     for d in q.decisions:
@@ -204,37 +207,77 @@ def test_paper_protocol_falls_back_instead_of_chasing_chance(trained):
 
 
 def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
-    from cmi.controls import criterion_kept, evaluate_kept, plan_controls, prepare_study, sensitivity, summarize
+    from cmi.controls import plan_controls, study_plans, summarize
+    from cmi.criteria import kept_at_counts
+    from cmi.data import seeded_indices
+    from cmi.evaluation import controls_budget
+    from cmi.evaluation import evaluate as evaluate_kept
+    from cmi.layerwise import sensitivity
+    from cmi.names import AUTHORS_PLANS
+    from cmi.run import make_plans, plan_specs, prepare_run
+    from cmi.train import fit
 
     cfg = tiny_cfg.replace({"cmi.n_samples": 32, "cmi.permutations": 10, "prune.formulations": ["compact"],
                             "prune.cutoffs": ["scree"], "prune.directions": ["forward"], "controls.seeds": 2,
-                            "controls.recal_images": 64, "controls.finetune_images": 128,
+                            "controls.test_images": 96, "controls.recal_images": 64,
+                            "controls.finetune_images": 128,
                             "controls.sensitivity_keep": [0.5], "controls.sensitivity_seeds": 2,
                             "controls.sensitivity_test_images": 64,
                             "controls.criteria": ["cmi", "cmi-median", "l1", "hrank", "random"],
                             "controls.modes": ["masked", "recalibrated", "finetuned"]})
-    study = prepare_study(cfg, progress=False)
-    rows = plan_controls(study, progress=False)
+    run = prepare_run(cfg, progress=False)
+    plans = study_plans(run, progress=False)
+    rows = plan_controls(run, plans, progress=False)
     assert {r["protocol"] for r in rows} == {"paper", "authors"}
     assert len(rows) == 2 * (4 + 2)                 # 2 protocols x (cmi, cmi-median, l1, hrank + 2 random seeds)
     for r in rows:
         assert all(0 <= r[f"acc_{m}"] <= 1 for m in ("masked", "recalibrated", "finetuned"))
         assert r["acc_removed"] is None                 # not among the controls.modes asked for
-    from cmi.controls import protocol_plans
-    p = protocol_plans(study, "paper", progress=False)[0]
+    p = make_plans(run, plan_specs(cfg, "paper"), protocol="paper", progress=False).plans[0]
+    assert [(proto, q.name) for proto, q in plans] == [("paper", p.name), ("authors", p.name)]
     # the authors' code defines nine plans (one script each); compact-scree-forward is one of them
-    assert [(q.formulation, q.cutoff, q.direction) for q in protocol_plans(study, "authors", progress=False)] == [
-        ("compact", "scree", "forward")] and ("compact", "scree", "forward") in authors.PLANS and len(authors.PLANS) == 9
-    none = prepare_study(cfg.replace({"prune.formulations": ["full"], "prune.cutoffs": ["ptest"]}), progress=False)
-    assert protocol_plans(none, "authors", progress=False) == []    # full-ptest-forward: no script of theirs
+    assert [(q.formulation, q.cutoff, q.direction)
+            for q in make_plans(run, plan_specs(cfg, "authors"), protocol="authors", progress=False).plans] == [
+        ("compact", "scree", "forward")] and ("compact", "scree", "forward") in AUTHORS_PLANS
+    assert authors.PLANS == AUTHORS_PLANS and len(AUTHORS_PLANS) == 9
+    none = prepare_run(cfg.replace({"prune.formulations": ["full"], "prune.cutoffs": ["ptest"]}), progress=False)
+    assert plan_specs(none.cfg, "authors") == []                 # full-ptest-forward: no script of theirs
+    assert make_plans(none, plan_specs(none.cfg, "authors"), protocol="authors", progress=False).plans == []
     for crit in ("cmi", "l1", "hrank", "random", "cmi-median"):
-        kept = criterion_kept(study, crit, p.keep_counts(), p)
+        kept = kept_at_counts(run.context, crit, p.keep_counts(), p)
         assert [len(kept.get(l, range(w))) for l, w in enumerate(p.widths)] == p.keep_counts()
-    assert criterion_kept(study, "cmi", p.keep_counts(), p) == p.kept_channels()
-    masked = evaluate(mask_model(study.model, p), study.ds.test_x, study.ds.test_y, study.ds)["accuracy"]
+    assert kept_at_counts(run.context, "cmi", p.keep_counts(), p) == p.kept_channels()
+
+    # every row's accuracies, computed here from the surgery primitives on the same seeded draws:
+    # test images (seed), recalibration images (seed + 1), fine-tuning images (seed + 2)
+    ds, model = run.ds, run.model
+    idx = seeded_indices(len(ds.test_y), cfg.controls.test_images, cfg.seed)
+    assert len(idx) == 96
+    tx, ty = ds.test_x[idx], ds.test_y[idx]
+    recal_x = ds.train_x[seeded_indices(len(ds.train_y), cfg.controls.recal_images, cfg.seed + 1)]
+
+    def test_acc(net):
+        return evaluate(net, tx, ty, ds)["accuracy"]
+
+    by_proto = dict(plans)
+    for r in rows:
+        q = by_proto[r["protocol"]]
+        kept = kept_at_counts(run.context, r["criterion"], q.keep_counts(), q, r["seed"])
+        assert r["acc_masked"] == test_acc(mask_model(model, kept)), r
+        assert r["acc_recalibrated"] == test_acc(recalibrate_bn(remove_channels(model, kept), recal_x,
+                                                                ds.normalize)), r
+    masked = test_acc(mask_model(model, p))
     cmi_row = next(r for r in rows if r["protocol"] == "paper" and r["criterion"] == "cmi")
     assert cmi_row["acc_masked"] == masked
-    again = plan_controls(study, progress=False)
+    # fine-tuned: one epoch at prune.finetune_lr, no warm-up, on the seeded draw, from the recalibrated network
+    net = recalibrate_bn(remove_channels(model, p.kept_channels()), recal_x, ds.normalize)
+    fidx = seeded_indices(len(ds.train_y), cfg.controls.finetune_images, cfg.seed + 2)
+    sub = dataclasses.replace(ds, train_x=ds.train_x[fidx], train_y=ds.train_y[fidx])
+    fit(net, sub, dataclasses.replace(cfg.train, epochs=1, lr=cfg.prune.finetune_lr, warmup_epochs=0.0),
+        seed=cfg.seed, augment_images=cfg.data.augment, progress=False, eval_each_epoch=False)
+    assert cmi_row["acc_finetuned"] == test_acc(net)
+
+    again = plan_controls(run, study_plans(run, progress=False), progress=False)
     assert again == rows                            # cached: identical
     summary = summarize(rows)
     rnd = next(s for s in summary if s["criterion"] == "random" and s["protocol"] == "paper")
@@ -243,10 +286,13 @@ def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
     assert rnd["masked_sd"] == pytest.approx(np.std(vals, ddof=1))
     ranks = [s["masked_rank"] for s in summary if s["protocol"] == "paper"]
     assert min(ranks) == 1 and max(ranks) <= 5
-    sens = sensitivity(study, progress=False)
+    sens = sensitivity(run, progress=False)
     assert len(sens) == 13 * (4 + 2)
-    one = evaluate_kept(study, {0: [0]}, modes=("masked",), test_images=64)
+    one = evaluate_kept(run, {0: [0]}, ("masked",), dataclasses.replace(controls_budget(cfg), test_images=64))
     assert set(one) == {"acc_masked", "filters_kept", "seconds"} and one["filters_kept"] == sum(p.widths) - 3
+    idx64 = seeded_indices(len(ds.test_y), 64, cfg.seed)
+    assert one["acc_masked"] == evaluate(mask_model(model, {0: [0]}), ds.test_x[idx64], ds.test_y[idx64],
+                                         ds)["accuracy"]
 
 
 def test_removed_and_recalibrated_equals_masked_with_silent_bn_and_recalibrated():
@@ -273,21 +319,27 @@ def test_removed_and_recalibrated_equals_masked_with_silent_bn_and_recalibrated(
 
 # ----------------------------------------------------------------------------- the path ablation
 def test_one_path_protocols_differ_from_their_base_in_that_path_alone():
-    from cmi.protocols import PATHS, PROTOCOLS, Protocol, get_protocol
+    from cmi.names import AUTHORS_PLANS, protocol_names
+    from cmi.protocols import BASES, PATHS, Protocol, get_protocol
 
     fields = [f.name for f in dataclasses.fields(Protocol) if f.name not in ("name", "label", "plans")]
-    paper, theirs = PROTOCOLS["paper"], PROTOCOLS["authors"]
+    paper, theirs = BASES["paper"], BASES["authors"]
     # every field in which the two protocols differ belongs to exactly one path
     assert sorted(f for fs in PATHS.values() for f in fs) == sorted(
         f for f in fields if getattr(paper, f) != getattr(theirs, f))
     for path, changed in PATHS.items():
         on, off = get_protocol(f"paper+{path}"), get_protocol(f"authors-{path}")
-        assert on.plans == off.plans == authors.PLANS
+        assert on.plans == off.plans == authors.PLANS == AUTHORS_PLANS
+        assert (on.name, off.name) == (f"paper+{path}", f"authors-{path}")
         for f in fields:
             assert getattr(on, f) == getattr(theirs if f in changed else paper, f), (path, f)
             assert getattr(off, f) == getattr(paper if f in changed else theirs, f), (path, f)
         assert ("test data" in on.label) == (path == "chosen-on-test")
         assert ("test data" in off.label) == (path != "chosen-on-test")
+    # every name protocol_names() lists is a protocol, each once, the two bases first
+    names = protocol_names()
+    assert names[:2] == ["paper", "authors"] and len(set(names)) == len(names) == 2 + 2 * len(PATHS)
+    assert [get_protocol(n).name for n in names] == names
     with pytest.raises(ValueError, match="one-path variant"):
         get_protocol("paper+no-such-path")
     with pytest.raises(ValueError, match="one-path variant"):
@@ -295,13 +347,16 @@ def test_one_path_protocols_differ_from_their_base_in_that_path_alone():
 
 
 def test_path_ablation_isolates_each_path(tiny_cfg):
-    from cmi.controls import ablation_summary, ablation_variants, path_ablation, prepare_study
+    from cmi.ablation import ablation_specs, ablation_summary, path_ablation
+    from cmi.names import protocol_names
+    from cmi.run import prepare_run
 
     cfg = tiny_cfg.replace({"cmi.n_samples": 32, "cmi.permutations": 10, "prune.formulations": ["compact"],
                             "prune.cutoffs": ["scree"], "prune.directions": ["forward"], "controls.recal_images": 64})
-    study = prepare_study(cfg, progress=False)
-    rows = path_ablation(study, progress=False)
-    assert [r["protocol"] for r in rows] == ablation_variants()        # one plan: compact-scree-forward
+    assert ablation_specs(cfg) == [("compact", "scree", "forward")]
+    run = prepare_run(cfg, progress=False)
+    rows = path_ablation(run, progress=False)
+    assert [r["protocol"] for r in rows] == protocol_names()        # one plan: compact-scree-forward
     by = {r["protocol"]: r for r in rows}
     # paths that cannot touch a compact scree plan leave it as its base protocol made it
     for path in ("unconditioned-shuffles", "full-one-chain"):
@@ -312,18 +367,23 @@ def test_path_ablation_isolates_each_path(tiny_cfg):
     assert by["paper+shifted-kept"]["changed"] and by["authors-shifted-kept"]["changed"]
     summary = {s["protocol"]: s for s in ablation_summary(rows, baseline_acc=0.5)}
     for path in ("shifted-kept", "scree-on-indices"):
-        assert summary[f"paper+{path}"]["effect on pruned (pp)"] == pytest.approx(
-            by[f"paper+{path}"]["pruned (%)"] - by["paper"]["pruned (%)"], abs=0.051)
-        assert summary[f"authors-{path}"]["effect on masked (pp)"] == pytest.approx(
+        assert summary[f"paper+{path}"]["effect_pruned"] == pytest.approx(
+            by[f"paper+{path}"]["pruned_pct"] - by["paper"]["pruned_pct"], abs=0.051)
+        assert summary[f"authors-{path}"]["effect_masked"] == pytest.approx(
             100 * (by["authors"]["acc_masked"] - by[f"authors-{path}"]["acc_masked"]), abs=0.0051)
-    assert "effect on pruned (pp)" not in summary["paper"] and summary["authors"]["plans"] == 1
+        assert (summary[f"paper+{path}"]["switched"], summary[f"authors-{path}"]["switched"]) == ("on", "off")
+    assert "effect_pruned" not in summary["paper"] and summary["authors"]["plans"] == 1
+    assert summary["paper"]["switched"] == summary["authors"]["switched"] == "-"
 
 
 def test_plans_computed_two_at_a_time_in_processes_equal_the_sequential_ones(tiny_cfg, monkeypatch):
     """The nine plans of the authors' protocol (exact rankings, every cutoff and formulation), computed
     in this process one after another, then again from empty plan, ranking and score caches by
-    :func:`precompute_plans` in two worker processes: the same decisions, rankings and scores."""
-    import cmi.controls as controls
+    :func:`cmi.run.make_plans` in two worker processes: the same decisions, rankings and scores."""
+    import os
+
+    import cmi.run as run_module
+    from cmi.run import make_plans, plan_specs, plan_workers, prepare_run
 
     def strip(d):
         if isinstance(d, dict):
@@ -334,16 +394,23 @@ def test_plans_computed_two_at_a_time_in_processes_equal_the_sequential_ones(tin
                             "prune.formulations": ["per-layer", "compact", "full"],
                             "prune.cutoffs": ["scree", "xmeans", "ptest"],
                             "prune.directions": ["forward", "bidirectional"]})
-    study = controls.prepare_study(cfg, progress=False)
-    with monkeypatch.context() as m:
-        m.setattr(controls, "_plan_workers", lambda study: 1)
-        sequential = [strip(p.to_dict()) for p in controls.protocol_plans(study, "authors", progress=False)]
+    run = prepare_run(cfg, progress=False)
+    # two processes on a multi-core CPU, one without a cache folder (the workers load the run from it)
+    assert plan_workers(run) == (2 if (os.cpu_count() or 1) > 1 else 1)
+    assert plan_workers(dataclasses.replace(run, folder=None)) == 1
+    specs = plan_specs(cfg, "authors")
+    assert len(specs) == 9
+    calls = []
+    real = run_module._in_workers
+    monkeypatch.setattr(run_module, "_in_workers", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    first = make_plans(run, specs, protocol="authors", progress=False, workers=1)
+    assert calls == [] and len(first.computed) == 9
+    sequential = [strip(p.to_dict()) for p in first.plans]
     assert len(sequential) == 9
     for sub in ("plans", "rankings", "scores"):
-        (study.folder / sub).rename(study.folder / f"{sub}-sequential")
-    calls = []
-    real = controls.precompute_plans
-    monkeypatch.setattr(controls, "precompute_plans", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
-    parallel = [strip(p.to_dict()) for p in controls.protocol_plans(study, "authors", progress=False)]
+        (run.folder / sub).rename(run.folder / f"{sub}-sequential")
+    second = make_plans(run, specs, protocol="authors", progress=False, workers=2)
     assert calls == [8]                               # the first alone, the other eight in the workers
+    assert len(second.computed) == 9
+    parallel = [strip(p.to_dict()) for p in second.plans]
     assert parallel == sequential

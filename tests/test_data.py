@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import hashlib
 import pickle
@@ -43,6 +44,52 @@ def test_augment_is_seeded_and_varied():
     b = data.augment(x, torch.Generator().manual_seed(1))
     c = data.augment(x, torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c) and a.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("shape", [(40, 3, 32, 32), (40, 1, 32, 32), (40, 2, 12, 20)])
+def test_augment_equals_the_reference_at_the_offsets_it_drew(shape, monkeypatch):
+    """augment = zero-pad by 4, crop at offsets (dy, dx) in 0..8, mirror where drawn, per image."""
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    drawn = []
+    real = data.crop_flip
+
+    def spy(x, dy, dx, flip, pad=4):
+        drawn.append((dy.clone(), dx.clone(), flip.clone(), pad))
+        return real(x, dy, dx, flip, pad)
+
+    monkeypatch.setattr(data, "crop_flip", spy)
+    out = data.augment(x, torch.Generator().manual_seed(7))
+    (dy, dx, flip, pad), = drawn
+    assert pad == 4 and out.shape == x.shape and out.dtype == x.dtype
+    # the draws: one (dy, dx, flip) per image from the generator, offsets anywhere in 0..2*pad
+    g = torch.Generator().manual_seed(7)
+    assert torch.equal(dy, torch.randint(0, 9, (len(x),), generator=g))
+    assert torch.equal(dx, torch.randint(0, 9, (len(x),), generator=g))
+    assert torch.equal(flip, torch.rand(len(x), generator=g) < 0.5)
+    assert 0 < int(flip.sum()) < len(x) and len(set(dy.tolist())) > 3 and len(set(dx.tolist())) > 3
+    # the reference, written per image with plain slicing
+    assert torch.equal(out, naive_crop_flip(x, dy, dx, flip, pad))
+    # and a second one with F.pad + torch.flip
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="constant", value=0)
+    h, w = x.shape[-2:]
+    for i in range(len(x)):
+        crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        assert torch.equal(out[i], torch.flip(crop, dims=[-1]) if flip[i] else crop)
+
+
+def test_crop_flip_properties():
+    x = torch.randint(1, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    no, yes = torch.zeros(6, dtype=torch.bool), torch.ones(6, dtype=torch.bool)
+    centre, zero, last = torch.full((6,), 4), torch.zeros(6, dtype=torch.long), torch.full((6,), 8)
+    assert torch.equal(crop_flip(x, centre, centre, no), x)                   # (4, 4) without flip: unchanged
+    assert torch.equal(crop_flip(x, centre, centre, yes), x.flip(-1))         # (4, 4) with flip: mirrored
+    assert torch.equal(crop_flip(crop_flip(x, centre, centre, yes), centre, centre, yes), x)
+    # offset (0, 0) shows the image moved 4 pixels down and right, with a zero (not reflected) border
+    shifted = crop_flip(x, zero, zero, no)
+    assert torch.equal(shifted[..., 4:, 4:], x[..., :-4, :-4])
+    assert shifted[..., :4, :].max() == 0 and shifted[..., :, :4].max() == 0
+    moved = crop_flip(x, last, last, no)                                       # (8, 8): up and left
+    assert torch.equal(moved[..., :-4, :-4], x[..., 4:, 4:]) and moved[..., -4:, :].max() == 0
 
 
 def test_normalize_replicates_grey_and_standardises():
@@ -132,8 +179,8 @@ def test_cifar10_extracts_a_verified_archive(tmp_path, monkeypatch):
     archive = root / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
-    tx, *_ = load_cifar10(root)
+    source = dataclasses.replace(data.cifar10_source(), md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    tx, *_ = load_cifar10(root, source)
     assert tx.shape == (30, 3, 32, 32) and (root / "cifar-10-batches-py" / "test_batch").is_file()
 
 
@@ -152,13 +199,14 @@ def test_cifar10_corrupt_batch_is_one_clear_error(tmp_path):
 
 def test_cifar10_offline_message(tmp_path, monkeypatch, capsys):
     # port 9 (discard) on localhost: a real, immediate network failure, whatever CI's network
-    monkeypatch.setattr(data, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    offline = dataclasses.replace(data.cifar10_source(), url="http://127.0.0.1:9/cifar-10-python.tar.gz")
+    monkeypatch.setattr(data, "cifar10_source", lambda: offline)     # load_dataset and the CLI read it
     monkeypatch.setenv("CMI_DATA", str(tmp_path))
     with pytest.raises(DatasetUnavailable) as err:
         load_dataset(load_config("paper"))
     msg = str(err.value)
     assert "CIFAR-10 is not in" in msg and "cifar-10-python.tar.gz" in msg and "dataset=fashion-mnist" in msg
-    assert "data_batch_1" in msg and data.CIFAR10_MD5 in msg
+    assert "data_batch_1" in msg and offline.md5 in msg and offline.url in msg
     assert err.value.__cause__ is None and err.value.__suppress_context__
     assert not list(tmp_path.glob("*.part"))  # no half-downloaded file left behind
 
@@ -216,8 +264,13 @@ def test_constants_written_out_or_loaded_lazily_are_torchvisions():
 
     from cmi import data
     assert list(data.FASHION_CLASSES) == FashionMNIST.classes
-    assert (data.CIFAR10_URL, data.CIFAR10_MD5, data.CIFAR10_ARCHIVE) == (CIFAR10.url, CIFAR10.tgz_md5, CIFAR10.filename)
-    assert data.CIFAR10_BATCHES[1] == ["test_batch"] and len(data.CIFAR10_BATCHES[0]) == 5
+    src = data.cifar10_source()
+    assert (src.url, src.md5, src.archive, src.folder) == (CIFAR10.url, CIFAR10.tgz_md5, CIFAR10.filename,
+                                                           CIFAR10.base_folder)
+    assert src.test_batches == ("test_batch",) and len(src.train_batches) == 5
+    assert data.cifar10_source() is src                        # read once, then cached
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        src.url = "elsewhere"
 
 
 def test_loading_fashion_mnist_does_not_import_torchvision(tmp_path):

@@ -59,13 +59,14 @@ def test_notebooks_are_numbered_parameterised_and_stripped():
 
 
 def test_readme_tables_are_the_files_a_run_wrote(tmp_path):
-    """Every <!-- include: PATH --> block of the README holds exactly the file PATH (make readme)."""
+    """Every <!-- include: PATH --> block of the README and docs/ holds exactly the file PATH (make readme)."""
     from cmi.outputs import INCLUDE, fill_includes
 
-    readme = (ROOT / "README.md").read_text()
-    assert fill_includes(readme, ROOT) == readme
-    for m in INCLUDE.finditer(readme):
-        assert (ROOT / m["path"]).is_file(), m["path"]
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        assert fill_includes(text, ROOT) == text, page.name
+        for m in INCLUDE.finditer(text):
+            assert (ROOT / m["path"]).is_file(), (page.name, m["path"])
     (tmp_path / "t.md").write_text("| a |\n|---|\n| 1 |\n")
     stale = "x\n<!-- include: t.md -->\nold\n<!-- /include -->\ny\n"
     assert fill_includes(stale, tmp_path) == "x\n<!-- include: t.md -->\n| a |\n|---|\n| 1 |\n<!-- /include -->\ny\n"

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 
 import numpy as np
@@ -6,14 +5,15 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from cmi import planner as planner_mod
+from cmi import ranking as ranking_mod
 from cmi.cutoffs import check_keep, choose, scree_candidates, scree_ratios, xmeans_candidates
 from cmi.models import LAYER_NAMES, VGG16, build_model, count_params, layer_widths
 from cmi.planner import plan as _plan
-from cmi.plans import Plan, PlanSettings
+from cmi.plans import Plan
 from cmi.surgery import check_plan_for_model, load_pruned, mask_model, remove_channels, save_pruned
 from cmi.report import conv_linear_macs
 
+from conftest import make_run
 from test_models import reference_params
 
 
@@ -26,10 +26,20 @@ def test_scree_ratios_by_hand():
 
 
 def test_xmeans_finds_the_segments():
-    cmi = list(np.r_[np.full(10, 3.0), np.full(10, 1.0), np.full(10, 0.1)] + np.linspace(0, 0.01, 30))
-    cuts = xmeans_candidates(cmi)
-    assert cuts and all(0 < c < 30 for c in cuts) and cuts == sorted(cuts)
-    assert xmeans_candidates(cmi) == cuts                # seeded
+    """X-Means clusters the points (t-1, CMI_t); a cut is keep = the number of points before a later
+    cluster. Three flat stretches at indices 0-9, 10-19, 20-29 are three clusters when their steps
+    dwarf the index range (else the clusters are intervals of the index whatever the curve, see
+    cmi.authors.xmeans_on_index_axis): the cuts are keep 10 (first stretch) and keep 20 (first two)."""
+    def stretches(ends, n=30):
+        bounds = [0, *ends, n]
+        levels = [100.0 * (len(bounds) - 2 - k) for k in range(len(bounds) - 1)]    # ..., 200, 100, 0
+        flat = np.concatenate([np.full(b - a, lvl) for a, b, lvl in zip(bounds, bounds[1:], levels)])
+        return list(flat - np.linspace(0, 0.01, n))        # non-increasing, no two points equal
+
+    cmi = stretches((10, 20))
+    assert xmeans_candidates(cmi) == [10, 20]
+    assert xmeans_candidates(cmi) == [10, 20]              # seeded: the same again
+    assert xmeans_candidates(stretches((7, 22))) == [7, 22]  # the cuts move with the stretches
     assert xmeans_candidates([1.0, 0.5]) == []
 
 
@@ -125,19 +135,15 @@ def test_macs_closed_form():
 
 
 # ----------------------------------------------------------------------------- plans
-SETTINGS = PlanSettings(permutations=10)
-
-
-def plan(*a, **k) -> Plan:
+def plan(run, spec, **k) -> Plan:
     """The plan alone (``cmi.planner.plan`` returns ``(plan, loaded)``)."""
-    return _plan(*a, **k)[0]
+    return _plan(run, spec, progress=False, **k)[0]
 
 
 @pytest.mark.parametrize("formulation", ["per-layer", "compact", "full"])
-def test_forward_plans_condition_as_specified(trained, formulation, tmp_path):
+def test_forward_plans_condition_as_specified(trained, plan_cfg, formulation):
     model, acts, ds = trained
-    p = plan(model, acts, formulation=formulation, cutoff="scree", direction="forward", ds=ds,
-             settings=SETTINGS, device="cpu", progress=False)
+    p = plan(make_run(plan_cfg, model, ds, acts), (formulation, "scree", "forward"))
     assert [d.layer for d in p.decisions] == list(range(13)) and p.complete
     for d in p.decisions:
         expected = {"per-layer": [], "compact": list(LAYER_NAMES[max(0, d.layer - 1):d.layer]),
@@ -149,31 +155,45 @@ def test_forward_plans_condition_as_specified(trained, formulation, tmp_path):
     assert Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
 
 
-def test_plans_pass_the_saturation_stop_and_the_authors_protocol_ranks_exactly(trained):
+def test_plans_pass_the_saturation_stop_and_the_authors_protocol_ranks_exactly(trained, plan_cfg):
     model, acts, ds = trained
-    stop = dataclasses.replace(SETTINGS, saturation_tol=0.5)      # stops after the first pick or two
-    paper = plan(model, acts, formulation="compact", cutoff="scree", direction="forward", ds=ds,
-                 settings=stop, device="cpu", progress=False)
+    stop = plan_cfg.replace({"cmi.saturation_tol": 0.5})      # stops after the first pick or two
+    paper = plan(make_run(stop, model, ds, acts), ("compact", "scree", "forward"))
     rankings = [d.ranking for d in paper.decisions]
     assert all(r["info"]["saturation_tol"] == 0.5 for r in rankings)
     assert any(r["saturated_at"] is not None for r in rankings)
     assert paper.settings["saturation_tol"] == 0.5
-    authors = plan(model, acts, formulation="compact", cutoff="scree", direction="forward", ds=ds,
-                   settings=dataclasses.replace(stop, protocol="authors"), device="cpu", progress=False)
+    authors = plan(make_run(stop.replace({"prune.protocol": "authors"}), model, ds, acts),
+                   ("compact", "scree", "forward"))
     assert all(d.ranking["saturated_at"] is None and d.ranking["info"]["saturation_tol"] == 0
                for d in authors.decisions)
-    assert "saturation_tol" not in authors.settings                # exact: the key plans had before
-    ptest = plan(model, acts, formulation="per-layer", cutoff="ptest", direction="forward", ds=ds,
-                 settings=stop, device="cpu", progress=False)
+    assert authors.settings["saturation_tol"] == 0 and authors.settings["protocol"] == "authors"   # exact
+    ptest = plan(make_run(stop, model, ds, acts), ("per-layer", "ptest", "forward"))
     assert all(d.ranking["info"]["saturation_tol"] == 0 for d in ptest.decisions)
 
 
-def test_bidirectional_halves_in_parallel_equal_sequential(trained, tmp_path):
+def test_plan_settings_are_the_config_fields_a_plan_depends_on(plan_cfg):
+    from cmi.plans import plan_settings
+
+    s = plan_settings(plan_cfg, "l1")
+    assert s == {"seed": 0, "protocol": "paper", "criterion": "l1", "alpha": plan_cfg.cmi.alpha,
+                 "sigma": plan_cfg.cmi.sigma, "permutations": 10, "eta": plan_cfg.cmi.eta,
+                 "scree_candidates": plan_cfg.prune.scree_candidates, "select_images": None,
+                 "tolerance": plan_cfg.prune.tolerance, "max_drop": None, "reference": plan_cfg.prune.reference,
+                 "fallback": plan_cfg.prune.fallback, "saturation_tol": 0.0}
+    assert plan_settings(plan_cfg.replace({"cmi.saturation_tol": 0.5}))["saturation_tol"] == 0.5
+    assert plan_settings(plan_cfg.replace({"cmi.saturation_tol": 0.5, "prune.protocol": "authors"}))[
+        "saturation_tol"] == 0.0
+    # what a plan does not depend on leaves its settings (and so its cache key) alone
+    assert plan_settings(plan_cfg.replace({"prune.parallel": False, "prune.finetune_epochs": 3})) == \
+        plan_settings(plan_cfg)
+
+
+def test_bidirectional_halves_in_parallel_equal_sequential(trained, plan_cfg):
     model, acts, ds = trained
-    kw = dict(formulation="compact", cutoff="ptest", direction="bidirectional", ds=ds, settings=SETTINGS,
-              device="cpu", progress=False)
-    seq = plan(model, acts, parallel=False, **kw)
-    par = plan(model, acts, parallel=True, **kw)
+    spec = ("compact", "ptest", "bidirectional")
+    seq = plan(make_run(plan_cfg.replace({"prune.parallel": False}), model, ds, acts), spec)
+    par = plan(make_run(plan_cfg.replace({"prune.parallel": True}), model, ds, acts), spec)
     strip = lambda p: [{k: v for k, v in vars(d).items() if k != "seconds"} | {"ranking": {  # noqa: E731
         k: v for k, v in d.ranking.items() if k != "seconds"}} for d in p.decisions]
     assert strip(seq) == strip(par) and seq.start == par.start
@@ -190,13 +210,13 @@ def test_bidirectional_halves_in_parallel_equal_sequential(trained, tmp_path):
     assert sorted(by) == list(range(13))
 
 
-def test_interrupted_plan_resumes_from_the_last_finished_layer(trained, tmp_path, monkeypatch):
+def test_interrupted_plan_resumes_from_the_last_finished_layer(trained, plan_cfg, tmp_path, monkeypatch):
     model, acts, ds = trained
-    kw = dict(formulation="full", cutoff="xmeans", direction="forward", ds=ds, settings=SETTINGS, device="cpu",
-              progress=False)
-    straight = plan(model, acts, **kw)
+    spec = ("full", "xmeans", "forward")
+    straight = plan(make_run(plan_cfg, model, ds, acts), spec)
+    cached = make_run(plan_cfg, model, ds, acts, folder=tmp_path)
     calls, interrupted = [], []
-    real = planner_mod.rank_channels
+    real = ranking_mod.rank_channels
 
     def flaky(*a, **k):
         calls.append(k.get("desc"))
@@ -205,33 +225,41 @@ def test_interrupted_plan_resumes_from_the_last_finished_layer(trained, tmp_path
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(planner_mod, "rank_channels", flaky)
+    monkeypatch.setattr(ranking_mod, "rank_channels", flaky)
     with pytest.raises(KeyboardInterrupt):
-        plan(model, acts, cache_dir=tmp_path, **kw)
+        plan(cached, spec)
     saved = list((tmp_path / "plans").rglob("*.json"))
     assert len(saved) == 1 and len(Plan.load(saved[0]).decisions) == 5 and not Plan.load(saved[0]).complete
     calls.clear()
-    resumed = plan(model, acts, cache_dir=tmp_path, **kw)
+    resumed = plan(cached, spec)
     assert len(calls) == 8                                 # only layers 6..13 are ranked again
     assert [d.kept for d in resumed.decisions] == [d.kept for d in straight.decisions]
     calls.clear()
-    again, loaded = _plan(model, acts, cache_dir=tmp_path, **kw)
+    again, loaded = _plan(cached, spec, progress=False)
     assert again.complete and loaded and calls == []   # finished: loaded
 
 
-def test_bad_plan_inputs(trained):
+def test_bad_plan_inputs(trained, plan_cfg):
     model, acts, ds = trained
+    run = make_run(plan_cfg, model, ds, acts)
     with pytest.raises(ValueError, match="formulation must be one of"):
-        plan(model, acts, formulation="partial", ds=ds)
+        plan(run, ("partial", "scree", "forward"))
+    with pytest.raises(ValueError, match="cutoff must be one of"):
+        plan(run, ("per-layer", "elbow", "forward"))
+    with pytest.raises(ValueError, match="direction must be one of"):
+        plan(run, ("per-layer", "scree", "backward"))
+    with pytest.raises(ValueError, match=r"a plan is \(formulation, cutoff, direction\)"):
+        plan(run, ("per-layer", "scree"))
     with pytest.raises(ValueError, match="expected a cmi.models.VGG16 with 13 conv layers, got Sequential"):
-        plan(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), acts, ds=ds)
+        plan(make_run(plan_cfg, torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), ds, acts), ("per-layer", "scree",
+                                                                                             "forward"))
     other = build_model(num_classes=10, width=0.0625, head="linear")
     with pytest.raises(ValueError, match="activations were captured from model"):
-        plan(other, acts, ds=ds)
+        plan(make_run(plan_cfg, other, ds, acts), ("per-layer", "scree", "forward"))
     wider = build_model(num_classes=10, width=0.125, head="linear")
     with pytest.raises(ValueError, match="layer widths"):
-        plan(wider, acts, ds=ds)
-    p = plan(model, acts, cutoff="ptest", ds=ds, settings=SETTINGS, device="cpu", progress=False)
+        plan(make_run(plan_cfg, wider, ds, acts), ("per-layer", "scree", "forward"))
+    p = plan(run, ("per-layer", "ptest", "forward"))
     with pytest.raises(ValueError, match="plan .* is for layer widths"):
         check_plan_for_model(p, wider)
     for apply in (mask_model, remove_channels):
@@ -241,8 +269,32 @@ def test_bad_plan_inputs(trained):
         mask_model(model, {0: []})
     with pytest.raises(ValueError, match="must be distinct indices"):
         remove_channels(model, {0: [0, 0]})
-    with pytest.raises(ValueError, match="needs a dataset"):
-        plan(model, acts, cutoff="scree", settings=SETTINGS, device="cpu", progress=False)
+
+
+def test_plans_by_another_criterion_cut_its_order(trained, plan_cfg):
+    """criterion="l1": every layer keeps exactly the top-k of the L1 order (the filters with the largest
+    weight norms, computed here by hand) for the k it chose among its scree candidates; the
+    permutation test cuts CMI rankings only."""
+    from cmi.criteria import get_criterion
+
+    model, acts, ds = trained
+    run = make_run(plan_cfg, model, ds, acts)
+    p = plan(run, ("per-layer", "scree", "forward"), criterion="l1")
+    assert p.complete and p.settings["criterion"] == "l1" and [d.layer for d in p.decisions] == list(range(13))
+    l1 = get_criterion("l1")
+    for d, conv in zip(p.decisions, model.convs()):
+        order = l1.order(run.context, d.layer)
+        norms = conv.weight.detach().abs().sum((1, 2, 3))
+        assert sorted(order) == list(range(d.channels))
+        assert all(norms[a] >= norms[b] for a, b in zip(order, order[1:]))          # largest norm first
+        assert d.keep in d.candidates and len(d.kept) == d.keep
+        assert sorted(d.kept) == sorted(order[:d.keep]), d.name
+        assert d.condition == []                                                    # never conditioned
+    assert p.filters_kept < p.filters_total                                         # something was cut
+    with pytest.raises(ValueError, match="permutation-test cutoff cuts CMI rankings only, not 'random'"):
+        plan(run, ("per-layer", "ptest", "forward"), criterion="random")
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        plan(run, ("per-layer", "scree", "forward"), criterion="nope")
 
 
 def test_cost_report_leaves_the_model_trainable():
@@ -280,15 +332,34 @@ def test_sweep_tables_and_a_cached_rerun(tiny_cfg):
     assert row["filters_kept"] == p.filters_kept == sum(l["kept"] for l in first.layers)
     assert row["params"] < first.rows[0]["params"] and row["macs"] < first.rows[0]["macs"]
     assert all(0 <= row[k] <= 1 for k in ("acc_masked", "acc_removed", "acc_finetuned"))
+    # the accuracies against an independent computation: the plan applied to the baseline loaded afresh
+    from cmi.evaluation import evaluation_path, sweep_budget
+    from cmi.train import evaluate, train_baseline
+
+    base = train_baseline(cfg, progress=False)
+    model, ds, kept = base.model, first.run.ds, p.kept_channels()
+    assert base.cached and first.rows[0]["acc_masked"] == first.rows[0]["acc_removed"] == \
+        evaluate(model, ds.test_x, ds.test_y, ds)["accuracy"]
+    assert row["acc_masked"] == evaluate(mask_model(model, kept), ds.test_x, ds.test_y, ds)["accuracy"]
+    removed = remove_channels(model, kept)
+    assert row["acc_removed"] == evaluate(removed, ds.test_x, ds.test_y, ds)["accuracy"]
+    assert row["params"] == count_params(removed) and row["macs"] == conv_linear_macs(removed)
+    # the fine-tuned network is kept beside its cached evaluation, and scores what the row says
+    ft_path = evaluation_path(first.run, kept, ("masked", "removed", "finetuned"), sweep_budget(cfg)).with_suffix(".pt")
+    tuned = load_pruned(ft_path)
+    assert tuned.kept == kept and [c.out_channels for c in tuned.model.convs()] == p.keep_counts()
+    assert row["acc_finetuned"] == evaluate(tuned.model, ds.test_x, ds.test_y, ds)["accuracy"]
+    assert not all(torch.equal(a, b) for a, b in zip(tuned.model.state_dict().values(),
+                                                      removed.state_dict().values()))    # it was trained
     assert all(v >= 0 for v in first.timings.values()) and first.timings["finetune"] > 0
-    header = (first.run / "results.csv").read_text().splitlines()[0]
+    header = (first.run.tables / "results.csv").read_text().splitlines()[0]
     assert header == ",".join(RESULT_COLUMNS)
-    recorded = (first.run / "timings.json").read_text()
+    recorded = (first.run.tables / "timings.json").read_text()
 
     second = run_sweep(cfg, progress=False)
     assert second.rows == first.rows
     assert second.timings["finetune"] == 0 and second.timings["evaluation"] == 0
-    assert (first.run / "timings.json").read_text() == recorded
+    assert (first.run.tables / "timings.json").read_text() == recorded
     parts = {r["part"]: r for r in second.timing_rows()}
     assert parts["fine-tuning"]["seconds when computed"] == first.timings["finetune"] > 0
     assert parts["fine-tuning"]["seconds this run"] == 0
@@ -316,11 +387,11 @@ def test_kept_accepts_the_obvious_forms_and_rejects_the_rest(tmp_path):
         load_pruned(tmp_path / "model.pt")
 
 
-def test_a_plan_applied_to_another_network_of_the_same_widths_warns(trained):
+def test_a_plan_applied_to_another_network_of_the_same_widths_warns(trained, plan_cfg):
     import warnings
 
     model, acts, ds = trained
-    p = plan(model, acts, cutoff="ptest", ds=ds, settings=SETTINGS, device="cpu", progress=False)
+    p = plan(make_run(plan_cfg, model, ds, acts), ("per-layer", "ptest", "forward"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mask_model(model, p)                                   # its own network: silent
@@ -341,26 +412,10 @@ def test_sweeps_with_other_prune_settings_keep_their_own_tables(tiny_cfg):
                 prune=replace(tiny_cfg.prune, formulations=("per-layer",), cutoffs=("scree",), directions=("forward",)))
     b = a.replace({"prune.cutoffs": ["xmeans"]})
     ra = run_sweep(a, progress=False)
-    before = {f: (ra.run / f).read_text() for f in ("results.csv", "layers.csv", "timings.json", "config.yaml")}
+    before = {f: (ra.run.tables / f).read_text() for f in ("results.csv", "layers.csv", "timings.json", "config.yaml")}
     rb = run_sweep(b, progress=False)
-    assert rb.folder == ra.folder and rb.run != ra.run
-    assert {f: (ra.run / f).read_text() for f in before} == before
-    assert "per-layer-xmeans-forward" in (rb.run / "results.csv").read_text()
-    assert "xmeans" not in before["results.csv"] and "- xmeans" in (rb.run / "config.yaml").read_text()
+    assert rb.run.folder == ra.run.folder and rb.run.tables != ra.run.tables
+    assert {f: (ra.run.tables / f).read_text() for f in before} == before
+    assert "per-layer-xmeans-forward" in (rb.run.tables / "results.csv").read_text()
+    assert "xmeans" not in before["results.csv"] and "- xmeans" in (rb.run.tables / "config.yaml").read_text()
 
-
-def test_tables_of_a_sweep_before_run_folders_are_adopted_by_their_own_config(tiny_cfg, tmp_path):
-    from cmi.config import save_config
-    from cmi.sweep import _adopt_legacy_tables
-
-    folder, run = tmp_path / "cache", tmp_path / "cache" / "runs" / "x"
-    folder.mkdir()
-    save_config(tiny_cfg.replace({"prune.tolerance": 0.5}), folder / "config.yaml")
-    (folder / "timings.json").write_text('{"timings": {}}')
-    _adopt_legacy_tables(tiny_cfg, folder, run)              # another setting's tables: left where they are
-    assert (folder / "timings.json").is_file() and not run.exists()
-    save_config(tiny_cfg, folder / "config.yaml")
-    (folder / "results.csv").write_text("plan\n")
-    _adopt_legacy_tables(tiny_cfg, folder, run)
-    assert (run / "timings.json").is_file() and (run / "results.csv").read_text() == "plan\n"
-    assert not (folder / "timings.json").exists()

@@ -68,7 +68,7 @@ def test_permutation_test_matches_naive_reference():
 
 
 def test_authors_permutation_test_leaves_z_out_of_the_shuffles():
-    """The authors' test (METHOD.md §9): observed CMI_t conditions on Z, the shuffled ones do not."""
+    """The authors' test (docs/method.md §9): observed CMI_t conditions on Z, the shuffled ones do not."""
     feats, y, inputs, cond = planted()
     res = rank_channels(feats, y, condition=cond, permutation=(20, 0.05), seed=3, device="cpu",
                         permute_condition=False)
@@ -161,7 +161,7 @@ def test_bench_reference_with_the_authors_cost_structure_gives_the_engine_order(
 # ----------------------------------------------------------------------------- the saturation stop
 def saturating(n=40, c=10, seed=1):
     """Post-ReLU maps on 6x6 grids whose single-channel Gram matrices are far from all-ones at the
-    paper's σ, so that a few channels together carry all of I(Y; L) (METHOD.md §10); channels 7
+    paper's σ, so that a few channels together carry all of I(Y; L) (docs/method.md §10); channels 7
     and 9 are exact copies, so the tail rule meets a tie."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 4

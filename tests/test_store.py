@@ -1,4 +1,5 @@
 """The cache's failure modes: a corrupt cached file is named, kept aside and recomputed."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -31,6 +32,26 @@ def test_read_cache_wrong_shape_counts_as_corrupt(tmp_path):
         assert read_cache(path, with_keys("seconds")) is None
 
 
+def test_cache_keys_carry_the_cache_version(monkeypatch):
+    """Bumping CACHE_VERSION renames every cached result (digest and cache_key alike)."""
+    import hashlib
+
+    from cmi import store
+    from cmi.config import load_config
+
+    version = store.CACHE_VERSION
+    assert version >= 2                                     # bumped by the redesign (config payloads, run folders)
+    cfg = load_config("smoke")
+    payload = {"seed": cfg.seed, "data": dataclasses.asdict(cfg.data)}
+    blob = json.dumps({"payload": payload, "cache_version": version}, sort_keys=True)
+    assert store.digest(cfg, "data") == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    assert store.cache_key({"a": 1}) == hashlib.sha256(
+        json.dumps({"payload": {"a": 1}, "cache_version": version}, sort_keys=True).encode()).hexdigest()[:16]
+    before = (store.digest(cfg, "data"), store.cache_key({"a": 1}))
+    monkeypatch.setattr(store, "CACHE_VERSION", version + 1)
+    assert store.digest(cfg, "data") != before[0] and store.cache_key({"a": 1}) != before[1]
+
+
 def test_load_json_names_the_corrupt_file(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_bytes(b"\xff\xfe not json")
@@ -49,9 +70,12 @@ def test_sweep_recomputes_corrupt_cache_files(tiny_cfg):
                   prune=replace(tiny_cfg.prune, formulations=("per-layer",), cutoffs=("scree",),
                                 directions=("forward",)))
     first = run_sweep(cfg, progress=False)
-    folder = first.folder
-    files = [next((folder / sub).rglob("*.json")) for sub in ("rankings", "scores", "plans", "evals")]
-    files += [first.run / "timings.json", folder / "capture.json"]
+    folder = first.run.folder
+    files = [next((folder / sub).rglob("*.json")) for sub in ("rankings", "scores", "plans")]
+    evals = sorted((folder / "evals").glob("*.json"))
+    files += [next(f for f in evals if not f.name.startswith("cost-")),        # an evaluation
+              next(f for f in evals if f.name.startswith("cost-"))]            # a cost record
+    files += [first.run.tables / "timings.json", folder / "capture.json"]
     for f in files:
         f.write_text(f.read_text()[:7])
     with pytest.warns(UserWarning) as caught:
@@ -64,7 +88,7 @@ def test_sweep_recomputes_corrupt_cache_files(tiny_cfg):
     def strip(rows):            # timings and latencies are measured anew
         return [{k: v for k, v in r.items() if not ("seconds" in k or "latency" in k)} for r in rows]
     assert strip(second.rows) == strip(first.rows)
-    assert json.loads((first.run / "timings.json").read_text())["timings"]
+    assert json.loads((first.run.tables / "timings.json").read_text())["timings"]
 
 
 def test_cli_names_a_corrupt_baseline_file():

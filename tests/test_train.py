@@ -109,7 +109,7 @@ def test_masked_scorer_matches_masking_then_evaluating_bit_for_bit(trained, budg
 
     from cmi.bench import plan_like_masks
     from cmi.surgery import mask_model
-    from cmi.train import MaskedScorer
+    from cmi.evaluation import MaskedScorer
 
     model, _, ds = trained
     x, y = ds.val_x[:96], ds.val_y[:96]
@@ -141,7 +141,7 @@ def test_evaluate_and_masked_scorer_run_a_cpu_model_on_cuda(trained):
     import copy
 
     from cmi.surgery import mask_model
-    from cmi.train import MaskedScorer
+    from cmi.evaluation import MaskedScorer
 
     model, _, ds = trained
     model = copy.deepcopy(model).cpu()

@@ -1,6 +1,6 @@
 """The claim table answers from the numbers it is given, and says which file holds them."""
 from cmi.controls import summarize, verdict_table
-from cmi.verdict import claim_table
+from cmi.verdict import Inputs, claim_table
 
 CRITERIA = ("cmi", "l1", "random")
 
@@ -23,11 +23,11 @@ def raw_rows():
 def test_claim_table_answers_from_the_numbers():
     summary = summarize(raw_rows())
     verdict = verdict_table(summary, CRITERIA)
-    kept = [{"protocol": "paper", "plan": "a", "pruned (%)": 40.0, "fallbacks": 2},
-            {"protocol": "paper", "plan": "b", "pruned (%)": 10.0, "fallbacks": 0}]
-    sat = [{"sigma_rule": "paper", "layer": "conv1_1", "channels": 16, "I(Y;L) nats": 0.39, "picks to saturate": 2},
-           {"sigma_rule": "paper", "layer": "conv1_2", "channels": 16, "I(Y;L) nats": 0.39, "picks to saturate": None}]
-    rows = claim_table(summary, verdict, kept, sat, baseline_acc=0.93, max_drop=0.01, criteria=CRITERIA)
+    kept = [{"protocol": "paper", "plan": "a", "pruned_pct": 40.0, "fallbacks": 2},
+            {"protocol": "paper", "plan": "b", "pruned_pct": 10.0, "fallbacks": 0}]
+    sat = [{"sigma_rule": "paper", "layer": "conv1_1", "channels": 16, "mi_all": 0.39, "picks": 2},
+           {"sigma_rule": "paper", "layer": "conv1_2", "channels": 16, "mi_all": 0.39, "picks": None}]
+    rows = claim_table(Inputs(summary, verdict, kept, sat, baseline_acc=0.93, max_drop=0.01, criteria=CRITERIA))
     masked = next(r for r in rows if r["file"] == "controls_masked.md")
     assert masked["answer"] == "yes" and masked["paper"].startswith("yes: 1 of 2 plans; best 92.50 % (a")
     recal = next(r for r in rows if r["file"] == "controls_recalibrated.md")
@@ -45,13 +45,32 @@ def test_claim_table_answers_from_the_numbers():
     assert len({r["question"] for r in rows}) == len(rows) == 8
 
 
+def test_verdict_table_keys_hold_the_numbers():
+    """The verdict's internal keys (display titles are in cmi.tables.verdict_titles): plan a's and b's
+    masked means, CMI's mean rank, and its wins, recomputed by hand from raw_rows()."""
+    from cmi.tables import titled, verdict_titles
+
+    verdict = verdict_table(summarize(raw_rows()), CRITERIA)
+    masked = next(v for v in verdict if v["protocol"] == "paper" and v["mode"] == "masked")
+    assert masked["plans"] == 2
+    assert masked["mean_cmi"] == round(100 * (0.925 + 0.10) / 2, 2)
+    assert masked["mean_l1"] == round(100 * (0.90 + 0.30) / 2, 2)
+    assert masked["mean_random"] == round(100 * (0.81 + 0.30) / 2, 2)
+    # ranks among cmi, l1, random: plan a 1 (0.925 > 0.90 > 0.81), plan b 3 (0.10 < 0.30 = 0.30)
+    assert masked["cmi_rank"] == 2.0
+    assert masked["wins_l1"] == 1 and masked["wins_random"] == 1 and "wins_cmi" not in masked
+    assert [v["mode"] for v in verdict] == ["masked", "recalibrated", "finetuned"]    # removed: no data
+    shown = titled([masked], verdict_titles(CRITERIA))[0]
+    assert shown["cmi mean rank"] == 2.0 and shown["cmi > random (plans)"] == 1 and shown["l1 mean (%)"] == 60.0
+
+
 def test_claim_table_says_no_when_nothing_keeps_accuracy():
     rows = [dict(r, acc_masked=0.1, acc_recalibrated=0.2, acc_finetuned=0.5) for r in raw_rows()]
     summary = summarize(rows)
-    out = claim_table(summary, verdict_table(summary, CRITERIA),
-                      [{"protocol": "paper", "plan": "a", "pruned (%)": 50.0, "fallbacks": 0},
-                       {"protocol": "paper", "plan": "b", "pruned (%)": 50.0, "fallbacks": 0}], [],
-                      baseline_acc=0.93, criteria=CRITERIA)
+    out = claim_table(Inputs(summary, verdict_table(summary, CRITERIA),
+                             [{"protocol": "paper", "plan": "a", "pruned_pct": 50.0, "fallbacks": 0},
+                              {"protocol": "paper", "plan": "b", "pruned_pct": 50.0, "fallbacks": 0}], [],
+                             baseline_acc=0.93, criteria=CRITERIA))
     answers = {r["file"]: r["answer"] for r in out}
     assert answers["controls_masked.md"] == answers["controls_kept_counts.md"] == "no"
     assert answers["controls_finetuned.md"] == "no"
@@ -61,22 +80,21 @@ def test_claim_table_says_no_when_nothing_keeps_accuracy():
 
 def test_claim_table_names_the_path_that_moves_the_plans():
     summary = summarize(raw_rows())
-    kept = [{"protocol": "paper", "plan": p, "pruned (%)": 10.0, "fallbacks": 0} for p in "ab"]
+    kept = [{"protocol": "paper", "plan": p, "pruned_pct": 10.0, "fallbacks": 0} for p in "ab"]
 
     def row(path, switched, hits, pruned, recal):
-        return {"protocol": path, "path": path, "switched": switched, "plans": 9, "plans changed": int(pruned != 0),
-                "≥ 1/3 and within drop (masked)": hits, "best masked (%)": 10.0,
-                "effect on pruned (pp)": pruned, "effect on recalibrated (pp)": recal}
+        return {"protocol": path, "path": path, "switched": switched, "plans": 9, "plans_changed": int(pruned != 0),
+                "third_within": hits, "best_masked": 10.0, "effect_pruned": pruned, "effect_recalibrated": recal}
 
     ablation = [{"protocol": "paper", "path": "-", "switched": "-", "plans": 9},
-                row("x", "on in the paper's text", 0, -12.0, 1.0), row("y", "on in the paper's text", 0, 3.0, -5.0),
-                row("x", "off in the authors' code", 1, 0.0, 0.5), row("y", "off in the authors' code", 0, 2.0, 0.0)]
-    rows = claim_table(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
-                       criteria=CRITERIA, ablation=ablation)
+                row("x", "on", 0, -12.0, 1.0), row("y", "on", 0, 3.0, -5.0),
+                row("x", "off", 1, 0.0, 0.5), row("y", "off", 0, 2.0, 0.0)]
+    rows = claim_table(Inputs(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
+                              criteria=CRITERIA, ablation=ablation))
     r = next(r for r in rows if r["file"] == "09_path_ablation.md")
     assert r["answer"] == "no"          # the authors' column is not among the protocols of this summary
     assert r["paper"].startswith("no: 0 of 18 plans (2 variants)")
     assert "filters removed x -12.0 pp" in r["paper"] and "recalibrated accuracy y -5.0 pp" in r["paper"]
     assert "paths that change any plan: x, y" in r["paper"]
-    assert len(claim_table(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
-                           criteria=CRITERIA)) == len(rows) - 1
+    assert len(claim_table(Inputs(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
+                                  criteria=CRITERIA))) == len(rows) - 1
