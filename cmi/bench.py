@@ -242,12 +242,17 @@ def bench_saturation(profile: str, dataset: str | None, tols: list[float], keep:
     and tolerance, where the stop fires, the ranking time against the exact run (same process), and
     the test accuracy of keeping ``keep`` of that layer's channels in the ranking's order (masked;
     and BN-recalibrated after removal), next to the exact order and to random choices."""
+    import dataclasses
+
     from .config import load_config
-    from .controls import evaluate_kept, prepare_study
+    from .evaluation import controls_budget, evaluate
+    from .run import prepare_run
 
     cfg = load_config(profile, overrides={"data.name": dataset} if dataset else None)
-    study = prepare_study(cfg, progress)
+    study = prepare_run(cfg, progress)
     acts, c = study.acts, cfg.cmi
+    budget = dataclasses.replace(controls_budget(cfg), test_images=test_images)
+
     print(f"[saturation] profile {cfg.profile} · {cfg.data.name} · N={acts.n}, alpha={c.alpha}, sigma={c.sigma}; "
           f"keep {keep:.0%} of one layer; accuracy on {test_images} test images (masked / BN-recalibrated); "
           f"random: {seeds} seeds", flush=True)
@@ -267,7 +272,7 @@ def bench_saturation(profile: str, dataset: str | None, tols: list[float], keep:
             kept = sorted(full[:k])
             if tol == 0:
                 exact_kept, exact_s = kept, res.seconds
-            ev = evaluate_kept(study, {layer: kept}, modes=("masked", "recalibrated"), test_images=test_images)
+            ev = evaluate(study, {layer: kept}, ("masked", "recalibrated"), budget)
             overlap = len(set(kept) & set(exact_kept)) / k if exact_kept is not None else float("nan")
             speed = exact_s / res.seconds if exact_s else float("nan")
             summary[tol].append((res.seconds, ev["acc_masked"], ev["acc_recalibrated"], overlap, res.cmi_picks))
@@ -275,8 +280,8 @@ def bench_saturation(profile: str, dataset: str | None, tols: list[float], keep:
             print(f"    {name:8s} {tol:7.0e} {picks:>5s} {res.seconds:8.2f} {speed:7.1f}x {overlap:7.0%} "
                   f"{100 * ev['acc_masked']:7.2f} {100 * ev['acc_recalibrated']:7.2f}", flush=True)
         gen = torch.Generator().manual_seed(cfg.seed)
-        rnd = [evaluate_kept(study, {layer: sorted(torch.randperm(width, generator=gen)[:k].tolist())},
-                             modes=("masked", "recalibrated"), test_images=test_images) for _ in range(seeds)]
+        rnd = [evaluate(study, {layer: sorted(torch.randperm(width, generator=gen)[:k].tolist())},
+                        ("masked", "recalibrated"), budget) for _ in range(seeds)]
         m = [100 * r["acc_masked"] for r in rnd]
         rc = [100 * r["acc_recalibrated"] for r in rnd]
         randoms.append((np.mean(m), np.mean(rc)))

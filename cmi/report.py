@@ -100,9 +100,11 @@ def paper_tables(results, baseline_acc: float):
     return pd.DataFrame(t1).reset_index(drop=True), pd.DataFrame(t2).reset_index(drop=True)
 
 
-def headline(results, baseline_acc: float, max_drop_pp: float = 1.0) -> str:
-    """The paper-style headline: the plan removing the most filters within ``max_drop_pp`` of the
-    baseline's test accuracy (masked, no fine-tuning: the paper's protocol)."""
+def headline(results, baseline_acc: float, max_drop: float) -> str:
+    """The paper-style headline: the plan removing the most filters within ``max_drop`` (a fraction,
+    :attr:`cmi.config.Config.keep_drop`) of the baseline's test accuracy (masked, no fine-tuning: the
+    paper's protocol)."""
+    max_drop_pp = 100 * max_drop
     df = results[results.plan != "baseline"]
     ok = df[100 * (baseline_acc - df.acc_masked) <= max_drop_pp]
     if ok.empty:

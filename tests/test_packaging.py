@@ -115,3 +115,40 @@ def test_the_notebook_theme_is_seaborns_whitegrid_without_importing_seaborn():
             "start_notebook('smoke', 'fashion-mnist', notebook='t'); print(sorted({'seaborn', 'scipy', 'torchvision'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_provenance_records_the_run_that_computed_the_files(tmp_path):
+    """A rerun that reproduces every file leaves the files and the provenance record of the run that
+    made them; a changed file renews the record; timing tables change without renewing it."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from cmi.config import load_config
+    from cmi.outputs import Outputs
+
+    cfg = load_config("smoke")
+
+    def run(value, seconds):
+        out = Outputs(cfg, "nb", tmp_path)
+        out.table([{"a": value}], "t", "a table")
+        out.table([{"part": "x", "seconds this run": seconds}], "nb_timings", "timings")
+        fig, ax = plt.subplots()
+        ax.plot([0, value])
+        out.figure(fig, "f")
+        plt.close(fig)
+        return out.finish()
+
+    first = run(1, 0.5)
+    record = tmp_path / "provenance" / "nb.json"
+    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.*")}
+    saved = record.read_text()
+    assert json.loads(saved)["changed"] == ["f.pdf", "f.png", "t.csv", "t.md"]
+    again = run(1, 0.7)                              # the same numbers, another timing
+    assert record.read_text() == saved and again["this_call"]["changed"] == []
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.*") if "timings" not in p.name} == {
+        k: v for k, v in stamp.items() if "timings" not in k}              # not rewritten
+    assert "0.7" in (tmp_path / "nb_timings.csv").read_text()               # timings are rewritten
+    changed = run(2, 0.7)
+    assert changed["changed"] == ["f.pdf", "f.png", "t.csv", "t.md"] and record.read_text() != saved
+    assert first["files"] == changed["files"]
