@@ -142,13 +142,14 @@ def test_provenance_records_the_run_that_computed_the_files(tmp_path):
     first = run(1, 0.5)
     record = tmp_path / "provenance" / "nb.json"
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.*")}
-    saved = record.read_text()
+    saved, inode = record.read_text(), record.stat().st_ino
     assert json.loads(saved)["changed"] == ["f.pdf", "f.png", "t.csv", "t.md"]
     again = run(1, 0.7)                              # the same numbers, another timing
-    assert record.read_text() == saved and again["this_call"]["changed"] == []
+    assert record.read_text() == saved and record.stat().st_ino == inode and again["this_call"]["changed"] == []
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.*") if "timings" not in p.name} == {
         k: v for k, v in stamp.items() if "timings" not in k}              # not rewritten
     assert "0.7" in (tmp_path / "nb_timings.csv").read_text()               # timings are rewritten
     changed = run(2, 0.7)
-    assert changed["changed"] == ["f.pdf", "f.png", "t.csv", "t.md"] and record.read_text() != saved
+    assert changed["changed"] == ["f.pdf", "f.png", "t.csv", "t.md"] and record.stat().st_ino != inode  # rewritten
+    assert json.loads(record.read_text())["changed"] == changed["changed"]
     assert first["files"] == changed["files"]
