@@ -168,11 +168,16 @@ def _check_row(row, modes) -> dict:
     return row
 
 
+def _ordered(modes) -> list[str]:
+    """``modes`` in the canonical order of :data:`cmi.names.MODES` (registered extras after them)."""
+    return [m for m in MODES if m in modes] + [m for m in modes if m not in MODES]
+
+
 def _normalised(run, modes, budget: Budget | None, kept: Kept | None = None):
     unknown = [m for m in modes if m not in MODE_FUNCTIONS]
     if unknown:
         raise ValueError(f"unknown evaluation modes {unknown}; registered: {tuple(MODE_FUNCTIONS)}")
-    modes = [m for m in MODES if m in modes] + [m for m in modes if m not in MODES]
+    modes = _ordered(modes)
     budget = budget or controls_budget(run.cfg)
     return modes, budget, evaluation_path(run, kept, modes, budget) if kept is not None else None
 
@@ -185,7 +190,7 @@ def evaluation_path(run, kept: Kept, modes, budget: Budget) -> Path | None:
     ft = ({"lr": cfg.prune.finetune_lr, "train": dataclasses.asdict(cfg.train), "augment": cfg.data.augment}
           if "finetuned" in modes else None)
     key = {"model": run.acts.model, "kept": sorted([int(l), sorted(k)] for l, k in kept.items()),
-           "modes": [m for m in MODES if m in modes] + [m for m in modes if m not in MODES],
+           "modes": _ordered(modes),
            "budget": dataclasses.asdict(budget), "finetune": ft, "seed": cfg.seed}
     return Path(run.folder) / "evals" / f"{cache_key(key)}.json"
 
@@ -193,8 +198,8 @@ def evaluation_path(run, kept: Kept, modes, budget: Budget) -> Path | None:
 def evaluate(run, kept: Kept, modes=MODES, budget: Budget | None = None, *,
              save_finetuned: bool = False) -> dict:
     """Test accuracy of the baseline of ``run`` (a :class:`cmi.run.Run`) pruned to ``kept`` ({layer: kept
-    channels}; layers not named stay whole) in each of ``modes``, within ``budget`` (default :func:`controls_budget`), cached by
-    content under ``<run.folder>/evals/``. Returns ``{"acc_<mode>": accuracy, "filters_kept": int,
+    channels}; layers not named stay whole) in each of ``modes``, within ``budget`` (default
+    :func:`controls_budget`), cached by content under ``<run.folder>/evals/``. Returns ``{"acc_<mode>": accuracy, "filters_kept": int,
     "seconds": float, "finetune_seconds": float when fine-tuned}``. ``save_finetuned``: also keep the
     fine-tuned network beside the cached row (``<key>.pt``, :func:`cmi.surgery.load_pruned` reads it)."""
     modes, budget, path = _normalised(run, modes, budget, kept)
