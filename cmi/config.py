@@ -24,8 +24,8 @@ import yaml
 from .device import resolve_device
 from .errors import ConfigError
 from .names import (AUTHORS_PLANS, CRITERIA, CUTOFFS, DATASET_SIZES, DATASETS, DEVICES, DIRECTIONS, FALLBACKS,
-                    FORMULATIONS, HEADS, MODES, PATHS, PROTOCOLS, REFERENCES, SATURATION_TOL, SIGMA_RULES, plan_name,
-                    protocol_names)
+                    FORMULATIONS, HEADS, MODES, PATHS, PROTOCOLS, REFERENCES, SATURATION_TOL, SCHEDULES, SIGMA_RULES,
+                    plan_name, protocol_names)
 from .paths import check_folders, configs_dir
 
 #: "Keeps accuracy" means within this fraction of the unpruned network's test accuracy, where
@@ -67,9 +67,15 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0         #: linear warm-up from 0, then cosine decay to 0
+    warmup_epochs: float = 1.0         #: cosine schedule: linear warm-up from 0, then cosine decay to 0
     label_smoothing: float = 0.0
     eval_batch_size: int = 1000
+    #: "cosine" (warm-up + cosine, per step) or "onecycle" (torch's OneCycleLR with its defaults, per
+    #: step: 30 % warm-up from lr/25, momentum cycled 0.95 -> 0.85; warmup_epochs and momentum unused)
+    schedule: str = "cosine"
+    #: weight decay on every parameter, BN gamma/beta and biases included (the authors' baseline);
+    #: false = conv/linear weights only
+    decay_norm: bool = False
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs!r}")
@@ -82,6 +88,7 @@ class TrainConfig:
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing",
                f"must be in [0, 1), got {self.label_smoothing!r}")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {self.eval_batch_size!r}")
+        _check(self.schedule in SCHEDULES, "train.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -246,7 +253,11 @@ class Config:
             if sec not in SECTIONS or (name and name not in {f.name for f in dataclasses.fields(SECTIONS[sec])}):
                 raise ConfigError(f"unknown config section or field {key!r}; sections are {list(SECTIONS)}")
             value = getattr(self, sec)
-            payload[key] = getattr(value, name) if name else dataclasses.asdict(value)
+            if name:
+                payload[key] = getattr(value, name)
+            else:
+                payload[key] = {k: v for k, v in dataclasses.asdict(value).items()
+                                if LATER_FIELDS.get(f"{sec}.{k}", object()) != v}
         return payload
 
     @property
@@ -263,6 +274,9 @@ class Config:
 #: Section name -> dataclass. Later stages add sections here.
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
                              "cmi": CMIConfig, "prune": PruneConfig, "controls": ControlsConfig}
+#: Fields added after CACHE_VERSION 2, with their defaults: hashed only when set to something else, so
+#: caches made before they existed keep their keys.
+LATER_FIELDS: dict[str, Any] = {"train.schedule": "cosine", "train.decay_norm": False}
 TOP_LEVEL = ("profile", "seed", "device")
 ALIASES = {"dataset": "data.name"}
 
@@ -277,7 +291,14 @@ def available_profiles() -> list[str]:
 
 
 def load_config(profile: str = "smoke", overrides: Mapping[str, Any] | Sequence[str] | None = None) -> Config:
-    """Resolve a profile name (a file in ``configs/``) or a path to a YAML file, then overrides."""
+    """Resolve a profile name (a file in ``configs/``) or a path to a YAML file, then overrides.
+    A profile may start from another (``extends: quick``) and set only what differs from it."""
+    check_folders()
+    cfg = apply_overrides(Config(), _profile_settings(profile, ()))
+    return apply_overrides(cfg, overrides)
+
+
+def _profile_path(profile: str) -> Path:
     path = Path(profile)
     if path.suffix not in (".yaml", ".yml"):
         path = configs_dir() / f"{profile}.yaml"
@@ -286,14 +307,27 @@ def load_config(profile: str = "smoke", overrides: Mapping[str, Any] | Sequence[
                               f"(or pass the path of a YAML file)")
     elif not path.is_file():
         raise ConfigError(f"profile file {str(path)!r} does not exist")
+    return path
+
+
+def _profile_settings(profile: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """A profile's settings as ``{"section.field": value}``, its ``extends`` base's first."""
+    path = _profile_path(profile)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"profile {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
-    check_folders()
-    flat: dict[str, Any] = {"profile": raw.pop("profile", path.stem)}
+    flat: dict[str, Any] = {}
+    base = raw.pop("extends", None)
+    chain = (*chain, str(path.resolve()))
+    if base is not None:
+        if not isinstance(base, str) or str(_profile_path(base).resolve()) in chain:
+            raise ConfigError(f"profile {str(path)!r}: extends must name another profile, without a loop; "
+                              f"got {base!r}")
+        flat.update(_profile_settings(base, chain))
+    flat["profile"] = raw.pop("profile", path.stem)
     for key, value in raw.items():
         if key in SECTIONS:
             if not isinstance(value, dict):
@@ -301,8 +335,7 @@ def load_config(profile: str = "smoke", overrides: Mapping[str, Any] | Sequence[
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
-    cfg = apply_overrides(Config(), flat)
-    return apply_overrides(cfg, overrides)
+    return flat
 
 
 def _field_index() -> dict[str, str]:

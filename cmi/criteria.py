@@ -13,6 +13,10 @@ name in :data:`cmi.names.CRITERIA` (where the config validates ``controls.criter
 - ``l1``: the L1 norm of each filter's weights (Li et al. 2017).
 - ``hrank``: the average rank of each channel's feature maps over the captured images (Lin et al. 2020).
 - ``random``: a seeded permutation; the control every criterion must beat.
+- ``gamma``: |gamma| of the layer's BatchNorm (Network Slimming, Liu et al. 2017).
+- ``constant-first``: the channels whose output is constant on the captured images
+  (:func:`cmi.census.constant_channels`) go first, then the others in a seeded random order: what
+  any criterion that notices a constant channel gets for free.
 """
 from __future__ import annotations
 
@@ -156,6 +160,30 @@ class Random(Criterion):
     def order(self, ctx, layer, seed=0):
         g = torch.Generator().manual_seed(1_000_003 * seed + layer)
         return torch.randperm(ctx.acts.widths[layer], generator=g).tolist()
+
+
+@register
+class Gamma(Criterion):
+    name = "gamma"
+
+    def values(self, ctx, layer, seed=0):
+        return ctx.model.norms()[layer].weight.detach().abs()
+
+    def order(self, ctx, layer, seed=0):
+        return _descending(self.values(ctx, layer))
+
+
+@register
+class ConstantFirst(Criterion):
+    name = "constant-first"
+    seeded = True
+
+    def order(self, ctx, layer, seed=0):
+        from .census import constant_channels
+        dead, positive = constant_channels(ctx.acts.features[layer])
+        constant = set(dead) | set(positive)
+        shuffled = CRITERIA["random"].order(ctx, layer, seed)
+        return [j for j in shuffled if j not in constant] + [j for j in shuffled if j in constant]
 
 
 def kept_at_counts(ctx: Context, criterion: str, counts: list[int], plan=None, seed: int = 0) -> dict[int, list[int]]:

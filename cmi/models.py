@@ -78,6 +78,10 @@ class VGG16(nn.Module):
         """The 13 conv layers in network order."""
         return [m for m in self.features if isinstance(m, nn.Conv2d)]
 
+    def norms(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm following each conv layer."""
+        return [m for m in self.features if isinstance(m, nn.BatchNorm2d)]
+
     def relus(self) -> list[nn.ReLU]:
         """The ReLU following each conv layer: its output is the layer's feature maps."""
         return [m for m in self.features if isinstance(m, nn.ReLU)]

@@ -10,6 +10,7 @@ DATASETS = ("cifar10", "fashion-mnist", "synthetic")
 DATASET_SIZES = {"cifar10": (50000, 10000), "fashion-mnist": (60000, 10000), "synthetic": (2000, 500)}
 HEADS = ("mlp", "linear")                             #: classifier heads of cmi.models.VGG16
 DEVICES = ("auto", "cpu", "cuda")                     #: or "cuda:N"
+SCHEDULES = ("cosine", "onecycle")                    #: learning-rate schedules of cmi.train
 
 SIGMA_RULES = ("paper", "silverman", "median")        #: kernel-width rules (cmi.entropy.kernel_width)
 FORMULATIONS = ("per-layer", "compact", "full")       #: what a layer's ranking is conditioned on
@@ -44,7 +45,7 @@ AUTHORS_PLANS = (("per-layer", "scree", "bidirectional"), ("per-layer", "xmeans"
 SATURATION_TOL = 1e-3      #: cmi.saturation_tol's default
 
 #: Channel-importance criteria (cmi.criteria registers one class per name).
-CRITERIA = ("cmi", "cmi-median", "l1", "hrank", "random")
+CRITERIA = ("cmi", "cmi-median", "l1", "hrank", "random", "gamma", "constant-first")
 #: How a pruned network is evaluated (cmi.evaluation registers one function per name).
 MODES = ("masked", "removed", "recalibrated", "finetuned")
 

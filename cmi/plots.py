@@ -359,3 +359,34 @@ def path_ablation_plot(summary, title: str = ""):
     fig.suptitle(title or "Which of the authors' code paths moves their plans?", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def census_plot(model, history: list[dict], title: str = ""):
+    """Left: |γ| of every channel, per layer, relative to the layer's largest (log scale); right: over
+    training, per layer, the share of channels with |γ| below 10 % of the layer's largest (from the
+    ``small_gamma`` each epoch recorded; absent in baselines trained before it was recorded)."""
+    from .models import LAYER_NAMES
+    from .train import SMALL_GAMMA
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for l, bn in enumerate(model.norms()):
+        g = bn.weight.detach().abs().double()
+        rel = (g / g.max()).clamp_min(1e-12).numpy()
+        a.scatter(np.full(len(rel), l) + np.random.default_rng(l).uniform(-0.25, 0.25, len(rel)), rel, s=4, alpha=0.5)
+    a.axhline(SMALL_GAMMA, color="k", lw=0.8, ls="--")
+    a.set_yscale("log")
+    a.set_xticks(range(len(LAYER_NAMES)), LAYER_NAMES, rotation=45, fontsize=8)
+    a.set(ylabel="|γ| / layer's largest", title="BatchNorm |γ| per channel")
+    recorded = [r for r in history if "small_gamma" in r]
+    if recorded:
+        ep = [r["epoch"] for r in recorded]
+        shares = np.array([r["small_gamma"] for r in recorded]) * 100
+        for l, name in enumerate(LAYER_NAMES):
+            b.plot(ep, shares[:, l], label=name, lw=1)
+        b.legend(fontsize=6, ncol=2)
+    else:
+        b.text(0.5, 0.5, "not recorded for this baseline", ha="center", transform=b.transAxes)
+    b.set(xlabel="epoch", ylabel=f"channels with |γ| < {SMALL_GAMMA:g}·max (%)", title="small |γ| over training")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

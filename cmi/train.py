@@ -70,21 +70,45 @@ def lr_lambda(step: int, total_steps: int, warmup_steps: int) -> float:
 
 
 def make_optimizer(model: nn.Module, tcfg: TrainConfig, steps_per_epoch: int):
-    """SGD with weight decay on conv/linear weights only (not on BN parameters or biases)."""
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": tcfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=tcfg.lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov and tcfg.momentum > 0)
+    """SGD and its per-step schedule. Weight decay reaches conv/linear weights only, or, with
+    ``tcfg.decay_norm``, every parameter (BN gamma and beta and all biases too, as the authors'
+    baseline was trained). ``tcfg.schedule``: "cosine" (warm-up, then cosine to 0) or "onecycle"
+    (:class:`torch.optim.lr_scheduler.OneCycleLR` with its defaults, peak ``tcfg.lr``)."""
+    params = list(model.parameters())
+    decay = params if tcfg.decay_norm else [p for p in params if p.ndim > 1]
+    ids = {id(p) for p in decay}
+    no_decay = [p for p in params if id(p) not in ids]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    opt = torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum,
+                          nesterov=tcfg.nesterov and tcfg.momentum > 0)
     total = tcfg.epochs * steps_per_epoch
+    if tcfg.schedule == "onecycle":
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr, total_steps=total)
     warmup = round(tcfg.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, total, warmup))
     return opt, sched
 
 
+#: A BN channel counts as shrunk when its |gamma| is below this fraction of its layer's largest.
+SMALL_GAMMA = 0.1
+
+
+@torch.no_grad()
+def small_gamma_fractions(model: VGG16, threshold: float = SMALL_GAMMA) -> list[float]:
+    """Per conv layer, the fraction of its BN channels whose |gamma| < ``threshold`` x the layer's largest."""
+    out = []
+    for bn in model.norms():
+        g = bn.weight.detach().abs().float()
+        out.append((g < threshold * g.max()).float().mean().item())
+    return out
+
+
 @dataclass
 class History:
-    """One dict per finished epoch: epoch, lr, train_loss, train_acc, val_acc, test_acc, seconds."""
+    """One dict per finished epoch: epoch, lr, train_loss, train_acc, val_acc, test_acc, seconds, and
+    ``small_gamma``: per conv layer, the fraction of channels with |gamma| < 10 % of the layer's largest."""
 
     epochs: list[dict] = field(default_factory=list)
 
@@ -179,7 +203,8 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
             where = f"; the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if ckpt_path and epoch else ""
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} "
                                    f"(peak lr {tcfg.lr}){where}. Lower train.lr or check the data.")
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc}
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
+               "small_gamma": small_gamma_fractions(model)}
         if eval_each_epoch:
             if len(ds.val_y):
                 row["val_acc"] = evaluate(model, ds.val_x, ds.val_y, ds, device=device,
@@ -189,8 +214,8 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
         row["seconds"] = time.perf_counter() - t0
         history.epochs.append(row)
         if progress:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                       file=sys.stderr)
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                                if k != "small_gamma"), file=sys.stderr)
         if ckpt_path is not None:
             save_torch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "history": history.epochs}, ckpt_path)

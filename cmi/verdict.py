@@ -35,6 +35,10 @@ class Inputs:
     criteria: tuple[str, ...] = ()
     ablation: list[dict] | None = None
     modes: dict[str, str] | None = None
+    #: the baseline's channel census (:func:`cmi.census.census_summary`), and per (protocol, plan) the
+    #: filters it removes and how many of them are constant channels
+    census: dict | None = None
+    constant_removed: dict[tuple[str, str], tuple[int, int]] | None = None
 
     @property
     def protocols(self) -> list[str]:
@@ -164,11 +168,54 @@ def saturation_rows(x: Inputs) -> list:
     return rows
 
 
+def constant_row(x: Inputs):
+    c = x.census
+    text = (f"{c['constant']} of {c['channels']} ({c['constant_pct']:.1f} %): {c['dead']} dead, {c['constant_positive']} "
+            f"a constant > 0, in {c['layers_with_constant']} layers; {c['small_gamma']} with |γ| < 0.1·max; removing "
+            f"exactly them: masked {_pct(c['acc_masked'])}, recalibrated {_pct(c['acc_recalibrated'])}")
+    return ("Does the baseline have constant channels (post-ReLU output constant on the captured images), and what "
+            "does removing exactly them cost?", "01_census_summary.md",
+            {p: (c["constant"] > 0, text if i == 0 else "the same baseline") for i, p in enumerate(x.protocols)})
+
+
+def beyond_constant_row(x: Inputs):
+    """Per protocol: do plans remove filters that are not constant and still keep accuracy (masked)?"""
+    cells = {}
+    for proto in x.protocols:
+        plans = {r["plan"]: r for r in x.cmi_plans(proto, "masked")}
+        got = {n: v for (p, n), v in (x.constant_removed or {}).items() if p == proto and n in plans}
+        if got:
+            beyond = [n for n, (removed, const) in got.items() if removed > const]
+            hits = [n for n in beyond if x.within(plans[n]["masked_mean"])]
+            cells[proto] = (bool(hits), f"plans remove {min(r for r, _ in got.values())}–{max(r for r, _ in got.values())} "
+                                        f"filters, {statistics.fmean(c for _, c in got.values()):.1f} of the "
+                                        f"{x.census['constant']} constant ones on average; {len(beyond)} of {len(got)} "
+                                        f"remove more than constant channels, {len(hits)} of them within the drop (masked)")
+    return (f"Do the CMI plans remove more than the constant channels, within {100 * x.max_drop:g} pp (masked)?",
+            "controls_kept_counts.md", cells)
+
+
+def trivial_criteria_row(x: Inputs):
+    """Per protocol: in every mode, does CMI beat gamma and constant-first on more than half the plans?"""
+    rivals = [c for c in ("gamma", "constant-first") if c in x.criteria]
+    cells = {}
+    for proto in x.protocols:
+        parts = [v for v in x.verdict if v["protocol"] == proto and all(v.get(f"wins_{c}") is not None for c in rivals)]
+        if parts:
+            ok = all(v[f"wins_{c}"] > v["plans"] / 2 for v in parts for c in rivals)
+            cells[proto] = (ok, "; ".join(f"{v['mode']}: " + ", ".join(f"cmi > {c} on {v[f'wins_{c}']}/{v['plans']}"
+                                                                          for c in rivals) for v in parts))
+    return (f"At equal counts, does CMI beat {' and '.join(rivals)} in every mode (on more than half the plans; "
+            "constant-first: beyond its mean + 1 sd over seeds)?", "controls_verdict.md", cells if rivals else {})
+
+
 def claim_table(x: Inputs) -> list[dict]:
     """One row per question: {question, answer, <protocol>: short answer with its numbers, ..., file};
     ``answer`` is "yes" when any protocol's answer is. Rows without numbers are left out."""
+    census = [constant_row(x), beyond_constant_row(x)] if x.census else []
     questions = [masked_row(x), recalibrated_row(x), *order_rows(x), third_row(x),
-                 *([ablation_row(x)] if x.ablation else []), finetuned_row(x), *saturation_rows(x)]
+                 *([ablation_row(x)] if x.ablation else []), finetuned_row(x), *saturation_rows(x),
+                 *census, trivial_criteria_row(x)]
     return [{"question": q, "answer": "yes" if any(ok for ok, _ in cells.values()) else "no",
              **{p: (f"{'yes' if cells[p][0] else 'no'}: {cells[p][1]}" if p in cells else "") for p in x.protocols},
              "file": file} for q, file, cells in questions if cells]
@@ -177,15 +224,23 @@ def claim_table(x: Inputs) -> list[dict]:
 def claim_report(run, equal: dict, sat: list[dict], out=None, ablation: dict | None = None) -> list[dict]:
     """The README's "Does the claim hold?" table from the reports of :mod:`cmi.controls` (``equal``),
     :mod:`cmi.layerwise` (``sat``) and :mod:`cmi.ablation` (``ablation``, when it ran)."""
+    from .census import census_report, constant_channels
     from .evaluation import controls_budget
     from .tables import PROTOCOL_LABELS
 
     cfg = run.cfg
     budget, n_test = controls_budget(cfg), len(run.ds.test_y)
+    constant = [set(sum(constant_channels(maps), [])) for maps in run.acts.features]
+    removed = {}
+    for proto, plan in equal.get("plans", []):
+        kept = plan.kept_channels()
+        gone = [set(range(w)) - set(kept[l]) if l in kept else set() for l, w in enumerate(run.acts.widths)]
+        removed[proto, plan.name] = (sum(map(len, gone)), sum(len(g & c) for g, c in zip(gone, constant)))
     rows = claim_table(Inputs(equal["summary"], equal["verdict"], equal["kept"], sat,
                               run.baseline.metrics["test_accuracy"], cfg.keep_drop, tuple(cfg.controls.criteria),
                               (ablation or {}).get("summary"),
-                              {m: budget.describe(m, n_test) for m in cfg.controls.modes}))
+                              {m: budget.describe(m, n_test) for m in cfg.controls.modes},
+                              census_report(run)["summary"], removed))
     if out is not None:
         out.table(rows, "claim", "Does the claim hold? One row per question; protocols: "
                   + "; ".join(f"{p}: {PROTOCOL_LABELS[p]}" for p in cfg.controls.protocols)

@@ -5,6 +5,7 @@ import pytest
 
 from cmi.config import Config, available_profiles, load_config
 from cmi.errors import ConfigError
+from cmi.store import digest
 
 
 def test_profiles_exist_and_resolve():
@@ -41,10 +42,43 @@ def test_overrides_dotted_bare_alias_and_strings():
     ({"device": "tpu"}, "device must be one of"),
     ({"lr": None}, "train.lr must not be null"),
     ({"cmi.saturation_tol": -0.1}, "cmi.saturation_tol must be in .0, 1., got -0.1"),
+    ({"schedule": "step"}, "train.schedule must be one of"),
+    ({"decay_norm": "yes"}, "train.decay_norm must be bool"),
 ])
 def test_bad_overrides_name_the_problem(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         load_config("smoke", override)
+
+
+def test_authors_profiles_extend_their_base_with_the_authors_recipe():
+    for base in ("quick", "medium"):
+        b, a = load_config(base), load_config(f"{base}-authors")
+        assert a.profile == f"{base}-authors"
+        assert (a.data, a.model, a.cmi, a.prune, a.controls) == (b.data, b.model, b.cmi, b.prune, b.controls)
+        t = a.train
+        assert (t.schedule, t.lr, t.weight_decay, t.decay_norm, t.label_smoothing, t.batch_size) == \
+            ("onecycle", 0.01, 0.01, True, 0.0, 256)
+        steps = t.epochs * ((60000 - a.data.val_size) // t.batch_size)
+        assert abs(steps - 100 * 195) < 214       # the authors' 100 CIFAR-10 epochs of 195 steps
+
+
+def test_extends_chains_and_refuses_loops(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: quick\ntrain: {epochs: 3}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\nmodel: {{width: 0.5}}\n")
+    b = load_config(str(tmp_path / "b.yaml"))
+    assert (b.profile, b.train.epochs, b.model.width, b.data.name) == ("b", 3, 0.5, "fashion-mnist")
+    (tmp_path / "c.yaml").write_text(f"extends: {tmp_path / 'd.yaml'}\n")
+    (tmp_path / "d.yaml").write_text(f"extends: {tmp_path / 'c.yaml'}\n")
+    with pytest.raises(ConfigError, match="without a loop"):
+        load_config(str(tmp_path / "c.yaml"))
+
+
+def test_fields_added_later_leave_old_cache_keys_alone():
+    quick = load_config("quick")
+    assert "schedule" not in quick.payload("train")["train"] and "decay_norm" not in quick.payload("train")["train"]
+    changed = quick.replace({"schedule": "onecycle"})
+    assert changed.payload("train")["train"]["schedule"] == "onecycle"
+    assert digest(changed, "train") != digest(quick, "train")
 
 
 def test_bad_profiles(tmp_path):

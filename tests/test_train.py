@@ -7,7 +7,7 @@ from cmi.data import load_dataset
 from cmi.errors import TrainingDiverged
 from cmi.models import build_model
 from cmi.store import load_torch
-from cmi.train import evaluate, fit, load_model, lr_lambda, train_baseline
+from cmi.train import evaluate, fit, load_model, lr_lambda, make_optimizer, small_gamma_fractions, train_baseline
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -17,6 +17,76 @@ def test_lr_schedule_warmup_then_cosine():
     assert m[warm] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(m[warm:], m[warm + 1:]))
     assert m[-1] < 0.01 and lr_lambda(warm + (total - warm) // 2, total, warm) == pytest.approx(0.5)
+
+
+def _one_cycle(step: int, total: int, peak: float, lo: float, hi: float) -> tuple[float, float]:
+    """The 1cycle policy in closed form (Smith & Topin; torch's defaults: 30 % up from peak/25, cosine
+    annealing, down to peak/25/1e4, momentum cycled hi -> lo -> hi): (lr, momentum) at ``step``."""
+    up = 0.3 * total - 1
+    def cos(start, end, pct):
+        return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)
+    if step <= up:
+        return cos(peak / 25, peak, step / up), cos(hi, lo, step / up)
+    pct = (step - up) / (total - 1 - up)
+    return cos(peak, peak / 25 / 1e4, pct), cos(lo, hi, pct)
+
+
+def test_onecycle_schedule_follows_the_closed_form(tiny_cfg):
+    tcfg = tiny_cfg.replace({"schedule": "onecycle", "lr": 0.01, "epochs": 5}).train
+    opt, sched = make_optimizer(torch.nn.Linear(3, 2), tcfg, steps_per_epoch=20)
+    seen = []
+    for _ in range(100):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+        opt.step()
+        sched.step()
+    want = [_one_cycle(s, 100, 0.01, 0.85, 0.95) for s in range(100)]
+    assert [lr for lr, _ in seen] == pytest.approx([lr for lr, _ in want], rel=1e-9)
+    assert [m for _, m in seen] == pytest.approx([m for _, m in want], rel=1e-9)
+    assert max(lr for lr, _ in seen) == pytest.approx(0.01) and seen[-1][0] == pytest.approx(4e-8)
+
+
+@pytest.mark.parametrize("decay_norm", [False, True])
+def test_decay_norm_decays_exactly_the_bn_and_bias_parameters(tiny_cfg, decay_norm):
+    """With zero gradients an SGD step moves a parameter only through its weight decay."""
+    tcfg = tiny_cfg.replace({"decay_norm": decay_norm, "weight_decay": 0.1, "momentum": 0.0}).train
+    torch.manual_seed(0)
+    model = build_model(num_classes=3, width=0.0625, head="linear")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.uniform_(0.5, 1.0)          # nonzero, so decay would show
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt, _ = make_optimizer(model, tcfg, steps_per_epoch=1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    norm_and_bias = {n for n, p in model.named_parameters() if p.ndim == 1}
+    weights = {n for n, p in model.named_parameters() if p.ndim > 1}
+    assert any(".bias" in n for n in norm_and_bias) and any(n.startswith("features.1.") for n in norm_and_bias)
+    assert moved == (weights | norm_and_bias if decay_norm else weights)
+    for n in moved:   # exactly p <- p (1 - lr wd)
+        torch.testing.assert_close(dict(model.named_parameters())[n], before[n] * (1 - tcfg.lr * 0.1))
+
+
+def test_small_gamma_fractions_count_channels_below_a_tenth_of_the_layer_max():
+    model = build_model(num_classes=3, width=0.125, head="linear")
+    bns = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        bns[0].weight.copy_(torch.tensor([1.0, -0.05, 0.2, 0.099, -2.0, 0.3, 0.5, 0.7]))  # max |g| 2: < 0.2
+        bns[1].weight.fill_(0.0)
+        bns[1].weight[0] = 1.0
+    fr = small_gamma_fractions(model)
+    assert len(fr) == 13 and fr[0] == 2 / 8 and fr[1] == 7 / 8 and fr[2:] == [0.0] * 11
+
+
+def test_fit_records_the_small_gamma_fractions_every_epoch(tiny_cfg):
+    cfg = tiny_cfg.replace({"epochs": 2, "train_subset": 128})
+    ds = load_dataset(cfg)
+    model = _fresh(cfg, ds)
+    hist = fit(model, ds, cfg.train, seed=cfg.seed, progress=False, eval_each_epoch=False)
+    assert [len(r["small_gamma"]) for r in hist.epochs] == [13, 13]
+    assert hist.epochs[-1]["small_gamma"] == small_gamma_fractions(model)
 
 
 def _fresh(cfg, ds):

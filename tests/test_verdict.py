@@ -98,3 +98,42 @@ def test_claim_table_names_the_path_that_moves_the_plans():
     assert "paths that change any plan: x, y" in r["paper"]
     assert len(claim_table(Inputs(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
                                   criteria=CRITERIA))) == len(rows) - 1
+
+
+def test_census_rows_answer_from_the_census_and_the_plans_removals():
+    """Plan a removes 40 filters, 10 of them among the 12 constant ones, and keeps accuracy masked;
+    plan b removes 12, all constant: only a removes more than the constant channels."""
+    summary = summarize(raw_rows())
+    kept = [{"protocol": "paper", "plan": "a", "pruned_pct": 40.0, "fallbacks": 0},
+            {"protocol": "paper", "plan": "b", "pruned_pct": 12.0, "fallbacks": 0}]
+    census = {"channels": 100, "constant": 12, "constant_pct": 12.0, "dead": 5, "constant_positive": 7,
+              "layers_with_constant": 3, "small_gamma": 15, "acc_masked": 0.50, "acc_recalibrated": 0.929}
+    rows = claim_table(Inputs(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
+                              criteria=CRITERIA, census=census, constant_removed={("paper", "a"): (40, 10),
+                                                                                  ("paper", "b"): (12, 12)}))
+    const = next(r for r in rows if r["file"] == "01_census_summary.md")
+    assert const["answer"] == "yes" and const["paper"].startswith("yes: 12 of 100 (12.0 %): 5 dead, 7 a constant > 0")
+    assert "masked 50.00 %, recalibrated 92.90 %" in const["paper"]
+    beyond = next(r for r in rows if r["question"].startswith("Do the CMI plans remove more than the constant"))
+    assert beyond["answer"] == "yes" and "remove 12–40 filters, 11.0 of the 12 constant" in beyond["paper"]
+    assert "1 of 2 remove more than constant channels, 1 of them within" in beyond["paper"]
+    none = dict(census, constant=0, dead=0, constant_positive=0, layers_with_constant=0, constant_pct=0.0)
+    rows = claim_table(Inputs(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
+                              criteria=CRITERIA, census=none, constant_removed={("paper", "b"): (12, 0)}))
+    assert next(r for r in rows if r["file"] == "01_census_summary.md")["answer"] == "no"
+    assert "0 of them within" in next(r for r in rows if r["question"].startswith("Do the CMI plans remove more"))["paper"]
+
+
+def test_cmi_against_gamma_and_constant_first_in_every_mode():
+    crits = ("cmi", "gamma", "constant-first")
+    acc = {("a", "cmi"): [0.9], ("a", "gamma"): [0.5], ("a", "constant-first"): [0.4, 0.5],
+           ("b", "cmi"): [0.8], ("b", "gamma"): [0.85], ("b", "constant-first"): [0.1, 0.2]}
+    raw = [{"protocol": "paper", "plan": p, "criterion": c, "seed": s, "filters_kept": 60, "filters_total": 100,
+            "acc_masked": v, "acc_removed": None, "acc_recalibrated": v, "acc_finetuned": None}
+           for (p, c), vals in acc.items() for s, v in enumerate(vals)]
+    summary = summarize(raw)
+    rows = claim_table(Inputs(summary, verdict_table(summary, crits), [], [], baseline_acc=0.93, criteria=crits))
+    row = next(r for r in rows if r["question"].startswith("At equal counts, does CMI beat gamma and constant-first"))
+    # gamma wins plan b: cmi beats gamma on 1/2 plans, not more than half -> no
+    assert row["answer"] == "no" and "masked: cmi > gamma on 1/2, cmi > constant-first on 2/2" in row["paper"]
+    assert "recalibrated:" in row["paper"]
