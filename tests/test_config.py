@@ -54,7 +54,10 @@ def test_authors_profiles_extend_their_base_with_the_authors_recipe():
     for base in ("quick", "medium"):
         b, a = load_config(base), load_config(f"{base}-authors")
         assert a.profile == f"{base}-authors"
-        assert (a.data, a.model, a.cmi, a.prune, a.controls) == (b.data, b.model, b.cmi, b.prune, b.controls)
+        assert (a.data, a.model, a.cmi, a.prune) == (b.data, b.model, b.cmi, b.prune)
+        # the controls differ only in the two criteria that test the constant-channel explanation
+        assert a.controls.criteria == b.controls.criteria + ("gamma", "constant-first")
+        assert dataclasses.replace(a.controls, criteria=b.controls.criteria) == b.controls
         t = a.train
         assert (t.schedule, t.lr, t.weight_decay, t.decay_norm, t.label_smoothing, t.batch_size) == \
             ("onecycle", 0.01, 0.01, True, 0.0, 256)
