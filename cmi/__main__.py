@@ -55,7 +55,7 @@ def _run(args) -> int:
         print(format_estimate(cfg, estimate_run(cfg)))
     elif args.command == "controls":
         from .config import parse_overrides
-        from .controls import run_controls
+        from .study import run_controls
         from .outputs import Outputs, run_folder
         out = Outputs(cfg, "controls", run_folder(cfg, parse_overrides(args.overrides)))
         tables = run_controls(cfg, progress=not args.no_progress, out=out)

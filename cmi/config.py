@@ -24,7 +24,7 @@ import yaml
 from .device import resolve_device
 from .errors import ConfigError
 from .names import (AUTHORS_PLANS, CRITERIA, CUTOFFS, DATASET_SIZES, DATASETS, DEVICES, DIRECTIONS, FALLBACKS,
-                    FORMULATIONS, HEADS, MODES, PATHS, PROTOCOLS, REFERENCES, SATURATION_TOL, SCHEDULES, SIGMA_RULES,
+                    FORMULATIONS, HEADS, ALL_MODES, PATHS, PROTOCOLS, REFERENCES, SATURATION_TOL, SCHEDULES, SIGMA_RULES,
                     plan_name, protocol_names)
 from .paths import check_folders, configs_dir
 
@@ -157,7 +157,7 @@ class ControlsConfig:
 
     protocols: tuple[str, ...] = PROTOCOLS        #: protocols whose plans get controls
     criteria: tuple[str, ...] = ("cmi", "cmi-median", "l1", "hrank", "random")   #: names in cmi.criteria
-    modes: tuple[str, ...] = ("masked", "recalibrated", "finetuned")   #: drawn from MODES
+    modes: tuple[str, ...] = ("masked", "recalibrated", "finetuned")   #: drawn from ALL_MODES
     seeds: int = 5                     #: seeds of each random criterion (mean ± sd)
     test_images: int | None = None     #: a seeded draw of this many test images scores the controls (null: all)
     recal_images: int = 2000           #: training images that re-estimate BN statistics
@@ -180,8 +180,8 @@ class ControlsConfig:
                f"must be a non-empty list drawn from {PROTOCOLS}, got {list(self.protocols)!r}")
         _check(len(self.criteria) > 0 and all(c in CRITERIA for c in self.criteria), "controls.criteria",
                f"must be a non-empty list drawn from {CRITERIA}, got {list(self.criteria)!r}")
-        _check(len(self.modes) > 0 and all(m in MODES for m in self.modes), "controls.modes",
-               f"must be a non-empty list drawn from {MODES}, got {list(self.modes)!r}")
+        _check(len(self.modes) > 0 and all(m in ALL_MODES for m in self.modes), "controls.modes",
+               f"must be a non-empty list drawn from {ALL_MODES}, got {list(self.modes)!r}")
         _check(all(r in SIGMA_RULES for r in self.sigma_rules), "controls.sigma_rules",
                f"must be drawn from {SIGMA_RULES}, got {list(self.sigma_rules)!r}")
         for key in ("seeds", "sensitivity_seeds", "recal_images", "finetune_images", "sensitivity_recal_images"):

@@ -1,5 +1,5 @@
 """Does the CMI ranking choose better filters than a trivial rule? The controls at equal counts
-(docs/method.md §7-§10), and the whole controls study (:func:`run_controls`).
+(docs/method.md §7-§10); :func:`cmi.study.run_controls` runs them with the rest of the controls study.
 
 For every plan of each protocol, each criterion (:mod:`cmi.criteria`) keeps exactly the plan's
 per-layer kept counts and picks which channels; random over several seeds. Each pruned network is
@@ -16,13 +16,12 @@ import time
 
 from tqdm import tqdm
 
-from .config import Config
 from .criteria import get_criterion, kept_at_counts
 from .evaluation import controls_budget, evaluate
 from .models import LAYER_NAMES
-from .names import MODES
+from .names import ALL_MODES, MODES
 from .plans import Plan
-from .run import Run, make_plans, plan_specs, prepare_run
+from .run import Run, make_plans, plan_specs
 from .tables import KEPT, PROTOCOL_LABELS, timings_table, titled, verdict_titles
 
 
@@ -36,6 +35,7 @@ def plan_controls(run: Run, plans: list[tuple[str, Plan]], progress: bool = True
     """One row per protocol x plan x criterion x seed: filters kept and accuracy in every mode."""
     c = run.cfg.controls
     budget = controls_budget(run.cfg)
+    columns = [*MODES, *(m for m in c.modes if m not in MODES)]
     jobs = [(proto, p, crit, seed) for proto, p in plans for crit in c.criteria
             for seed in (range(c.seeds) if get_criterion(crit).seeded else [0])]
     rows = []
@@ -46,28 +46,34 @@ def plan_controls(run: Run, plans: list[tuple[str, Plan]], progress: bool = True
             raise RuntimeError(f"{crit} kept {ev['filters_kept']} filters at the counts of {p.name} ({sum(counts)})")
         rows.append({"protocol": proto, "plan": p.name, "formulation": p.formulation, "cutoff": p.cutoff,
                      "direction": p.direction, "criterion": crit, "seed": seed, "filters_kept": sum(counts),
-                     "filters_total": p.filters_total, **{f"acc_{m}": ev.get(f"acc_{m}") for m in MODES},
+                     "filters_total": p.filters_total, **{f"acc_{m}": ev.get(f"acc_{m}") for m in columns},
                      "seconds": ev["seconds"]})
     return rows
+
+
+def modes_of(rows: list[dict]) -> list[str]:
+    """The evaluation modes with a column in ``rows`` (``acc_<mode>`` or ``<mode>_mean``), in canonical order."""
+    return [m for m in ALL_MODES if any(f"acc_{m}" in r or f"{m}_mean" in r for r in rows)]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Mean and sd over seeds per protocol x plan x criterion, and CMI's rank (1 = most accurate)
     among the criteria in each mode; ties share the better rank."""
     groups: dict[tuple, list[dict]] = {}
+    modes = modes_of(rows)
     for r in rows:
         groups.setdefault((r["protocol"], r["plan"], r["criterion"]), []).append(r)
     out = []
     for (proto, name, crit), rs in groups.items():
         row = {"protocol": proto, "plan": name, "criterion": crit, "seeds": len(rs),
                "filters_kept": rs[0]["filters_kept"], "filters_total": rs[0]["filters_total"]}
-        for m in MODES:
+        for m in modes:
             vals = [r[f"acc_{m}"] for r in rs if r.get(f"acc_{m}") is not None]
             row[f"{m}_mean"] = statistics.fmean(vals) if vals else None
             row[f"{m}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None
         out.append(row)
     for r in out:
-        for m in MODES:
+        for m in modes:
             peers = [o[f"{m}_mean"] for o in out if (o["protocol"], o["plan"]) == (r["protocol"], r["plan"])
                      and o[f"{m}_mean"] is not None]
             r[f"{m}_rank"] = (1 + sum(v > r[f"{m}_mean"] for v in peers)) if r[f"{m}_mean"] is not None else None
@@ -107,7 +113,7 @@ def verdict_table(summary: list[dict], criteria: tuple[str, ...]) -> list[dict]:
         part = [r for r in summary if r["protocol"] == proto]
         plans = list(dict.fromkeys(r["plan"] for r in part))
         by = {(r["plan"], r["criterion"]): r for r in part}
-        for m in MODES:
+        for m in modes_of(part):
             if all(r[f"{m}_mean"] is None for r in part):
                 continue
             row = {"protocol": proto, "mode": m, "plans": len(plans)}
@@ -179,36 +185,3 @@ def _write_equal_counts(run: Run, tables: dict, out) -> None:
               "Controls over all plans: mean test accuracy (%) per criterion at the plans' counts, CMI's mean rank "
               "among the criteria (1 = best), and the number of plans on which CMI beats each other criterion "
               "(random: its mean + 1 sd over seeds)", floatfmt=".2f")
-
-
-def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
-    """The whole controls study with its tables and figures (written through ``out``, an
-    :class:`cmi.outputs.Outputs`, when given): saturation, the controls at equal counts, sensitivity,
-    the path ablation and the claim table. Returns the tables as lists of rows and the timings."""
-    from .ablation import ablation_report
-    from .layerwise import saturation_report, sensitivity_report
-    from .verdict import claim_report
-
-    run = prepare_run(cfg, progress)
-    timings = {}
-
-    def timed(label, work):
-        t0 = time.perf_counter()
-        result = work()
-        timings[label] = time.perf_counter() - t0
-        return result
-
-    sat = timed("saturation (per-layer rankings, every σ rule)", lambda: saturation_report(run, out, progress))
-    equal = equal_counts_report(run, out, progress)
-    timings.update(equal.pop("timings"))
-    sens = timed("sensitivity curves", lambda: sensitivity_report(run, out, progress))
-    ablation = timed("path ablation (both protocols' paths, one at a time)", lambda: ablation_report(run, out, progress))
-    claim = claim_report(run, equal, sat, out, ablation)
-    tables = {**equal, "saturation": sat, "sensitivity": sens, "claim": claim, "ablation": ablation}
-    computed = {"controls evaluations (sum when computed)": sum(r["seconds"] for r in equal["raw"]),
-                "sensitivity evaluations (sum when computed)": sum(r["seconds"] for r in sens)}
-    tables["timings"] = timings_table(timings, computed)
-    if out is not None:
-        out.table(tables["timings"], "controls_timings", "Wall time of the controls study (seconds)", floatfmt=".1f")
-    tables["timings_dict"] = {**timings, **computed}
-    return tables

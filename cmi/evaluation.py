@@ -8,7 +8,9 @@ Modes (the names of :data:`cmi.names.MODES`):
 - ``recalibrated``: removed, then BatchNorm running statistics re-estimated on training images, no
   gradient step;
 - ``finetuned``: SGD on training images, from the removed network (the sweep) or the recalibrated one
-  (the controls).
+  (the controls);
+- ``compensated``, ``reconstructed``, ``merged``: removed, then repaired in closed form (the first two on
+  the recalibration images; :mod:`cmi.repair`; no gradient step, BN statistics kept).
 
 What a mode may use is its :class:`Budget`: which test images score it, how many training images
 recalibrate, how many epochs over how many training images fine-tune. :meth:`Budget.describe` says it
@@ -34,7 +36,8 @@ from torch import nn
 
 from .data import Dataset, seeded_indices
 from .models import VGG16
-from .names import MODES
+from .names import ALL_MODES, MODES
+from . import repair
 from .store import cache_key, read_cache, save_json
 from .surgery import kept_per_layer, mask_model, recalibrate_bn, remove_channels, save_pruned
 from .train import autocast, batches, evaluate as test_metrics, fit
@@ -61,6 +64,12 @@ class Budget:
                 "removed": "removed (Torch-Pruning, BN untouched)",
                 "recalibrated": f"removed + BN statistics re-estimated on {self.recal_images} training images "
                                 "(no gradient step)",
+                "compensated": f"removed + each removed channel's mean output on {self.recal_images} training images "
+                               "folded into the next layer's bias (no gradient step, BN statistics kept)",
+                "reconstructed": f"removed + each next layer re-fit by ridge least squares to its unpruned output on "
+                                 f"{self.recal_images} training images (no gradient step, BN statistics kept)",
+                "merged": "removed + each removed filter merged into its most similar kept filter (Neuron Merging, "
+                          "BN-aware; no images, no gradient step)",
                 "finetuned": f"{'removed + BN recalibration' if self.recalibrate_first else 'removed'} + "
                              f"{self.finetune_epochs} epoch{'s' * (self.finetune_epochs != 1)} of fine-tuning on "
                              + (f"{self.finetune_images} training images" if self.finetune_images is not None
@@ -107,10 +116,15 @@ class Pruning:
         return remove_channels(self.run.model, self.kept)
 
     @cached_property
+    def calibration(self) -> torch.Tensor:
+        """The uint8 training images that recalibrate BN and calibrate the repairs: a draw seeded by seed + 1."""
+        ds = self.run.ds
+        return ds.train_x[seeded_indices(len(ds.train_y), self.budget.recal_images, self.run.cfg.seed + 1)]
+
+    @cached_property
     def recalibrated(self) -> VGG16:
-        ds, seed = self.run.ds, self.run.cfg.seed
-        images = ds.train_x[seeded_indices(len(ds.train_y), self.budget.recal_images, seed + 1)]
-        return recalibrate_bn(copy.deepcopy(self.removed), images, ds.normalize, device=self.run.device)
+        return recalibrate_bn(copy.deepcopy(self.removed), self.calibration, self.run.ds.normalize,
+                              device=self.run.device)
 
 
 #: mode name -> function of a :class:`Pruning` returning test accuracy (fraction in [0, 1]).
@@ -119,9 +133,9 @@ MODE_FUNCTIONS: dict[str, Callable[[Pruning], float]] = {}
 
 def register_mode(name: str):
     """Add a mode: ``@register_mode("name")`` on a function of a :class:`Pruning`; the name must be listed
-    in :data:`cmi.names.MODES` (where configs validate it)."""
-    if name not in MODES:
-        raise ValueError(f"mode {name!r} is not listed in cmi.names.MODES {MODES}")
+    in :data:`cmi.names.ALL_MODES` (where configs validate it)."""
+    if name not in ALL_MODES:
+        raise ValueError(f"mode {name!r} is not listed in cmi.names.ALL_MODES {ALL_MODES}")
 
     def add(fn):
         MODE_FUNCTIONS[name] = fn
@@ -142,6 +156,21 @@ def _removed(p: Pruning) -> float:
 @register_mode("recalibrated")
 def _recalibrated(p: Pruning) -> float:
     return p.test(p.recalibrated)
+
+
+@register_mode("compensated")
+def _compensated(p: Pruning) -> float:
+    return p.test(repair.compensate(p.run.model, p.kept, p.run.ds.normalize(p.calibration)))
+
+
+@register_mode("reconstructed")
+def _reconstructed(p: Pruning) -> float:
+    return p.test(repair.reconstruct(p.run.model, p.kept, p.run.ds.normalize(p.calibration), seed=p.run.cfg.seed))
+
+
+@register_mode("merged")
+def _merged(p: Pruning) -> float:
+    return p.test(repair.merge(p.run.model, p.kept))
 
 
 @register_mode("finetuned")
@@ -169,8 +198,8 @@ def _check_row(row, modes) -> dict:
 
 
 def _ordered(modes) -> list[str]:
-    """``modes`` in the canonical order of :data:`cmi.names.MODES` (registered extras after them)."""
-    return [m for m in MODES if m in modes] + [m for m in modes if m not in MODES]
+    """``modes`` in the canonical order of :data:`cmi.names.ALL_MODES` (registered extras after them)."""
+    return [m for m in ALL_MODES if m in modes] + [m for m in modes if m not in ALL_MODES]
 
 
 def _normalised(run, modes, budget: Budget | None, kept: Kept | None = None):
@@ -200,7 +229,8 @@ def evaluate(run, kept: Kept, modes=MODES, budget: Budget | None = None, *,
     """Test accuracy of the baseline of ``run`` (a :class:`cmi.run.Run`) pruned to ``kept`` ({layer: kept
     channels}; layers not named stay whole) in each of ``modes``, within ``budget`` (default
     :func:`controls_budget`), cached by content under ``<run.folder>/evals/``. Returns ``{"acc_<mode>": accuracy, "filters_kept": int,
-    "seconds": float, "finetune_seconds": float when fine-tuned}``. ``save_finetuned``: also keep the
+    "seconds": float, "seconds_<mode>": float, "finetune_seconds": float when fine-tuned}`` (a mode's seconds
+    include its test pass, and the removal surgery for the first mode that needs the removed network). ``save_finetuned``: also keep the
     fine-tuned network beside the cached row (``<key>.pt``, :func:`cmi.surgery.load_pruned` reads it)."""
     modes, budget, path = _normalised(run, modes, budget, kept)
     cached = read_cache(path, lambda d: _check_row(d, modes), "cached evaluation")
@@ -212,8 +242,9 @@ def evaluate(run, kept: Kept, modes=MODES, budget: Budget | None = None, *,
     for m in modes:
         t_mode = time.perf_counter()
         row[f"acc_{m}"] = MODE_FUNCTIONS[m](pruning)
+        row[f"seconds_{m}"] = time.perf_counter() - t_mode
         if m == "finetuned":
-            row["finetune_seconds"] = time.perf_counter() - t_mode
+            row["finetune_seconds"] = row[f"seconds_{m}"]
     row["filters_kept"] = sum(len(k) for k in kept.values()) + sum(
         w for l, w in enumerate(run.acts.widths) if l not in kept)
     row["seconds"] = time.perf_counter() - t0

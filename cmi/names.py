@@ -48,6 +48,9 @@ SATURATION_TOL = 1e-3      #: cmi.saturation_tol's default
 CRITERIA = ("cmi", "cmi-median", "l1", "hrank", "random", "gamma", "constant-first")
 #: How a pruned network is evaluated (cmi.evaluation registers one function per name).
 MODES = ("masked", "removed", "recalibrated", "finetuned")
+#: Repairs of a removed network that need no gradient step (cmi.repair), evaluated as modes too.
+REPAIRS = ("compensated", "reconstructed", "merged")
+ALL_MODES = MODES + REPAIRS
 
 
 def protocol_names() -> list[str]:

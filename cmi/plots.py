@@ -390,3 +390,28 @@ def census_plot(model, history: list[dict], title: str = ""):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def repair_plot(curves: list[dict], modes, baseline_acc: float | None = None, title: str = ""):
+    """Test accuracy against the share of filters removed, one line per repair; CMI solid, L1 dashed."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colors = dict(zip(modes, sns.color_palette(n_colors=len(modes))))
+    for crit, style in (("cmi", "-"), ("l1", "--")):
+        part = sorted((r for r in curves if r["criterion"] == crit), key=lambda r: r["filters_kept"], reverse=True)
+        if not part:
+            continue
+        x = [100 * (1 - r["filters_kept"] / r["filters_total"]) for r in part]
+        for m in modes:
+            ax.plot(x, [100 * r[f"acc_{m}"] for r in part], style, marker="o", ms=3, color=colors[m],
+                    label=f"{m} ({crit})")
+    if baseline_acc is not None:
+        ax.axhline(100 * baseline_acc, color="k", lw=0.8)
+        ax.axhline(100 * baseline_acc - 1, color="k", lw=0.8, ls=":")
+    ax.axvline(100 / 3, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="filters removed (%)", ylabel="test accuracy (%)",
+           title=title or "Repairs without a gradient step: CMI (solid) and L1 (dashed)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig

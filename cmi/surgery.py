@@ -106,7 +106,8 @@ def remove_channels(model: VGG16, kept: "Plan | dict[int, list[int]]") -> VGG16:
     kept, widths = kept_per_layer(model, kept)
     out = copy.deepcopy(model).cpu().eval()
     convs = out.convs()
-    graph = tp.DependencyGraph().build_dependency(out, example_inputs=torch.zeros(1, 3, 32, 32))
+    with torch.enable_grad():            # Torch-Pruning traces the graph through autograd
+        graph = tp.DependencyGraph().build_dependency(out, example_inputs=torch.zeros(1, 3, 32, 32))
     for layer, idx in sorted(kept.items()):
         pruned = sorted(set(range(widths[layer])) - set(idx))
         if pruned:

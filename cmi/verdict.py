@@ -1,5 +1,5 @@
 """Does the claim hold? One row per question, each answered by numbers computed from the controls
-study's tables (:func:`cmi.controls.run_controls`), each naming the file that holds them.
+study's tables (:func:`cmi.study.run_controls`), each naming the file that holds them.
 
 The paper's claim (docs/method.md §1): CMI-ranked pruning removes more than a third of VGG16's filters
 for a small drop in test accuracy (0.32 pp on CIFAR-10) without retraining. "Keeps accuracy" here
@@ -39,6 +39,8 @@ class Inputs:
     #: filters it removes and how many of them are constant channels
     census: dict | None = None
     constant_removed: dict[tuple[str, str], tuple[int, int]] | None = None
+    #: the repair study (:func:`cmi.repairs_study.repair_report`): its ``curves`` and ``summary`` rows
+    repairs: dict | None = None
 
     @property
     def protocols(self) -> list[str]:
@@ -209,21 +211,63 @@ def trivial_criteria_row(x: Inputs):
             "constant-first: beyond its mean + 1 sd over seeds)?", "controls_verdict.md", cells if rivals else {})
 
 
+REPAIRED = ("recalibrated", "compensated", "reconstructed", "merged")
+
+
+def repaired_third_row(x: Inputs):
+    """Per protocol: CMI plans removing ≥ 1/3, under each repair: how many keep accuracy, and the best."""
+    cells = {}
+    for proto in x.protocols:
+        part = [r for r in (x.repairs or {}).get("curves", []) if r["protocol"] == proto and r["criterion"] == "cmi"
+                and r["filters_kept"] <= (1 - PAPER_REMOVED) * r["filters_total"]]
+        if part:
+            counts = {m: sum(x.within(r[f"acc_{m}"]) for r in part) for m in REPAIRED}
+            m, r = max(((m, r) for m in REPAIRED for r in part), key=lambda mr: mr[1][f"acc_{mr[0]}"])
+            cells[proto] = (any(counts.values()), ", ".join(f"{m} {n}" for m, n in counts.items())
+                            + f" of {len(part)} plans within the drop; best {_pct(r[f'acc_{m}'])} ({r['plan']}, {m}, "
+                            f"{r['filters_kept']}/{r['filters_total']} filters)")
+    return (f"Does any repair without a gradient step keep a plan removing ≥ 1/3 within {100 * x.max_drop:g} pp?",
+            "10_repair_curves.md", cells)
+
+
+def repaired_order_row(x: Inputs):
+    """Per layout of the repair study, under its best repair for CMI: does CMI beat L1 and random?"""
+    summary = (x.repairs or {}).get("summary", [])
+    texts, wins = [], []
+    for layout in dict.fromkeys(r["plan"] for r in summary):
+        by = {r["criterion"]: r for r in summary if r["plan"] == layout}
+        if not {"cmi", "l1", "random"} <= by.keys():
+            continue
+        m = max(REPAIRED, key=lambda m: by["cmi"][f"{m}_mean"])
+        cmi, l1, rnd = by["cmi"][f"{m}_mean"], by["l1"][f"{m}_mean"], by["random"]
+        win = cmi > l1 and cmi > rnd[f"{m}_mean"] + rnd[f"{m}_sd"]
+        wins.append(win)
+        texts.append(f"{layout}, {m}: cmi {_pct(cmi)}, l1 {_pct(l1)}, random {_pct(rnd[f'{m}_mean'])} ± "
+                     f"{100 * rnd[f'{m}_sd']:.2f}")
+    cells = {p: (all(wins), "; ".join(texts) if i == 0 else "the same layouts")
+             for i, p in enumerate(x.protocols)} if texts else {}
+    return ("Once repaired (each layout under CMI's best repair), does CMI beat L1 and random (beyond its mean + 1 sd) "
+            "on every layout?", "10_repairs.md", cells)
+
+
 def claim_table(x: Inputs) -> list[dict]:
     """One row per question: {question, answer, <protocol>: short answer with its numbers, ..., file};
     ``answer`` is "yes" when any protocol's answer is. Rows without numbers are left out."""
     census = [constant_row(x), beyond_constant_row(x)] if x.census else []
     questions = [masked_row(x), recalibrated_row(x), *order_rows(x), third_row(x),
                  *([ablation_row(x)] if x.ablation else []), finetuned_row(x), *saturation_rows(x),
-                 *census, trivial_criteria_row(x)]
+                 *census, trivial_criteria_row(x),
+                 *([repaired_third_row(x), repaired_order_row(x)] if x.repairs else [])]
     return [{"question": q, "answer": "yes" if any(ok for ok, _ in cells.values()) else "no",
              **{p: (f"{'yes' if cells[p][0] else 'no'}: {cells[p][1]}" if p in cells else "") for p in x.protocols},
              "file": file} for q, file, cells in questions if cells]
 
 
-def claim_report(run, equal: dict, sat: list[dict], out=None, ablation: dict | None = None) -> list[dict]:
+def claim_report(run, equal: dict, sat: list[dict], out=None, ablation: dict | None = None,
+                 repairs: dict | None = None) -> list[dict]:
     """The README's "Does the claim hold?" table from the reports of :mod:`cmi.controls` (``equal``),
-    :mod:`cmi.layerwise` (``sat``) and :mod:`cmi.ablation` (``ablation``, when it ran)."""
+    :mod:`cmi.layerwise` (``sat``), :mod:`cmi.ablation` (``ablation``) and :mod:`cmi.repairs_study`
+    (``repairs``), the last two when they ran."""
     from .census import census_report, constant_channels
     from .evaluation import controls_budget
     from .tables import PROTOCOL_LABELS
@@ -240,7 +284,7 @@ def claim_report(run, equal: dict, sat: list[dict], out=None, ablation: dict | N
                               run.baseline.metrics["test_accuracy"], cfg.keep_drop, tuple(cfg.controls.criteria),
                               (ablation or {}).get("summary"),
                               {m: budget.describe(m, n_test) for m in cfg.controls.modes},
-                              census_report(run)["summary"], removed))
+                              census_report(run)["summary"], removed, repairs))
     if out is not None:
         out.table(rows, "claim", "Does the claim hold? One row per question; protocols: "
                   + "; ".join(f"{p}: {PROTOCOL_LABELS[p]}" for p in cfg.controls.protocols)

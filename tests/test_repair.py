@@ -1,0 +1,104 @@
+"""The closed-form repairs against cases where they must be exact, and where their images come from."""
+import torch
+
+from cmi.evaluation import Budget, evaluate
+from cmi.models import VGG16
+from cmi import repair
+from cmi.repair import _layer_inputs, compensate, merge, reconstruct
+from cmi.surgery import remove_channels
+
+from conftest import make_run
+
+
+def _copy(model):
+    net = VGG16(num_classes=10, width=0.0625, head="linear")
+    net.load_state_dict(model.state_dict())
+    return net.eval()
+
+
+def _constant(net, layer, channel, beta):
+    bn = net.norms()[layer]
+    with torch.no_grad():
+        bn.weight[channel], bn.bias[channel] = 0.0, beta
+
+
+def _images(ds, n=64):
+    return ds.normalize(ds.train_x[:n]).float()
+
+
+def test_compensated_gives_the_unpruned_logits_when_the_removed_channels_are_constant(trained):
+    model, _, ds = trained
+    net = _copy(model)
+    _constant(net, 12, 3, 0.7)                 # read by the head: the fold is exact everywhere
+    _constant(net, 12, 9, 1.3)
+    _constant(net, 3, 5, 2.0)                  # read by conv3_1 through its centre tap only: exact at the border too
+    with torch.no_grad():
+        w = net.convs()[4].weight
+        centre = w[:, 5, 1, 1].clone()
+        w[:, 5] = 0.0
+        w[:, 5, 1, 1] = centre
+    kept = {12: [j for j in range(32) if j not in (3, 9)], 3: [j for j in range(8) if j != 5]}
+    x = ds.normalize(ds.test_x[:100]).float()
+    with torch.no_grad():
+        want = net(x)
+        fixed = compensate(net, kept, _images(ds))(x)
+        plain = remove_channels(net, kept).eval()(x)
+    torch.testing.assert_close(fixed, want, rtol=1e-4, atol=1e-4)
+    assert (plain - want).abs().max() > 1e-2                       # removal alone is not exact
+
+
+def test_reconstructed_recovers_the_next_layer_when_removed_channels_copy_kept_ones(trained):
+    model, _, ds = trained
+    net = _copy(model)
+    with torch.no_grad():                      # channel 6 of conv2_1 computes exactly what channel 2 does
+        conv, bn = net.convs()[2], net.norms()[2]
+        conv.weight[6], conv.bias[6] = conv.weight[2], conv.bias[2]
+        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t[6] = t[2]
+    kept = {2: [j for j in range(8) if j != 6]}
+    images = _images(ds)
+    fixed = reconstruct(net, kept, images)
+    with torch.no_grad():
+        want = torch.nn.functional.conv2d(_layer_inputs(net, images)[2], net.convs()[3].weight, net.convs()[3].bias,
+                                          padding=1)
+        got = torch.nn.functional.conv2d(_layer_inputs(fixed, images)[2], fixed.convs()[3].weight,
+                                         fixed.convs()[3].bias, padding=1)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+        x = ds.normalize(ds.test_x[:100]).float()
+        torch.testing.assert_close(fixed(x), net(x), rtol=1e-3, atol=1e-3)
+        naive = remove_channels(net, kept).eval()
+        assert (naive(x) - net(x)).abs().max() > 1e-2
+
+
+def test_no_repair_reads_test_data(trained, tiny_cfg, monkeypatch):
+    model, acts, ds = trained
+    run = make_run(tiny_cfg, model, ds, acts)
+    seen = []
+    for name in ("compensate", "reconstruct"):
+        real = getattr(repair, name)
+        monkeypatch.setattr(repair, name, lambda m, k, images, *a, _real=real, **kw: seen.append(images)
+                            or _real(m, k, images, *a, **kw))
+    kept = {4: list(range(10)), 9: list(range(0, 32, 2))}
+    row = evaluate(run, kept, ("compensated", "reconstructed", "merged"), Budget(recal_images=48))
+    assert 0 <= row["acc_compensated"] <= 1 and 0 <= row["acc_reconstructed"] <= 1
+    train = {tuple(v.flatten().tolist()) for v in ds.normalize(ds.train_x).float()}
+    test = {tuple(v.flatten().tolist()) for v in ds.normalize(ds.test_x).float()}
+    assert len(seen) == 2 and all(len(images) == 48 for images in seen)
+    rows = [tuple(v.flatten().tolist()) for images in seen for v in images]
+    assert all(r in train for r in rows) and not any(r in test for r in rows)
+
+
+def test_merged_gives_the_unpruned_logits_when_a_removed_filter_is_a_positive_multiple_of_a_kept_one(trained):
+    model, _, ds = trained
+    net = _copy(model)
+    with torch.no_grad():                      # channel 6 of conv3_1 outputs exactly 2x channel 1 after BN + ReLU
+        conv, bn = net.convs()[4], net.norms()[4]
+        conv.weight[6], conv.bias[6] = 2 * conv.weight[1], 2 * conv.bias[1]
+        bn.running_mean[6], bn.running_var[6] = 2 * bn.running_mean[1], 4 * bn.running_var[1] + 3 * bn.eps
+        bn.weight[6], bn.bias[6] = 2 * bn.weight[1], 2 * bn.bias[1]
+    kept = {4: [j for j in range(16) if j != 6]}
+    x = ds.normalize(ds.test_x[:100]).float()
+    with torch.no_grad():
+        want = net(x)
+        assert (remove_channels(net, kept).eval()(x) - want).abs().max() > 1e-2
+        torch.testing.assert_close(merge(net, kept)(x), want, rtol=1e-4, atol=1e-4)
