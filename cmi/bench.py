@@ -1,6 +1,7 @@
 """Benchmarks that print ratios against a reference measured in the same process.
 
-    python -m cmi.bench ranking --alpha 1.01 --skip-reference        # full VGG16, saturation stop, exact on conv1_1
+    python -m cmi.bench ranking --alpha 1.01 --skip-reference        # full VGG16, saturation stop, exact on conv1_1;
+                                                                     # one core, then all cores, same process
     python -m cmi.bench ranking --layers conv1_1 conv3_1 --alpha 2
     python -m cmi.bench ranking --skip-vgg           # only engine vs the authors' cost structure
     python -m cmi.bench ranking --saturation-tol 0 --layers conv1_1 conv2_1   # the exact full greedy run
@@ -45,7 +46,7 @@ import torch
 
 from .device import resolve_device
 from .models import LAYER_NAMES, layer_widths
-from .entropy import single_thread
+from .entropy import cpu_workers, single_thread
 from .grams import channel_grams, variable_gram
 from .names import SATURATION_TOL
 from .ranking import rank_channels
@@ -184,31 +185,43 @@ def _layers_from(activations: Path | None, n: int, width: float, gen: torch.Gene
 
 def bench_vgg(device: torch.device, layers: list[str], alphas: list[float], n: int = 256, width: float = 1.0,
               saturation_tol: float = SATURATION_TOL, exact_layers: list[str] = (),
-              activations: Path | None = None) -> None:
+              activations: Path | None = None, workers: list[int] = (1,)) -> None:
     gen = torch.Generator().manual_seed(0)
     source, labels, inputs, all_feats = _layers_from(activations, n, width, gen)
+    workers = list(dict.fromkeys(workers))
     for alpha in alphas:
-        print(f"[2] VGG16 ranking, alpha={alpha}, saturation_tol={saturation_tol:g}, {source}", flush=True)
-        print(f"    {'layer':8s} {'C':>4s} {'HxW':>6s} {'stop':>5s} {'entropies':>10s} {'seconds':>9s} "
-              f"{'floor s':>8s} {'x floor':>7s}")
-        total = floor_total = 0.0
-        results = {}
+        print(f"[2] VGG16 ranking, alpha={alpha}, saturation_tol={saturation_tol:g}, {source}; "
+              f"workers {workers} (CPU threads sharing each eigendecomposition batch; the first is the reference)",
+              flush=True)
+        w_cols = " ".join(f"{f's w={w}':>9s}" for w in workers)
+        print(f"    {'layer':8s} {'C':>4s} {'HxW':>6s} {'stop':>5s} {'entropies':>10s} {w_cols} "
+              f"{'floor s':>8s} {'x floor':>7s}" + ("  speed-up  same order & CMI" if len(workers) > 1 else ""))
+        totals, floor_total, results, same_all = [0.0] * len(workers), 0.0, {}, True
         for name in layers:
             feats = all_feats[name]
             c, hw = feats.shape[1], feats.shape[2]
-            res = rank_channels(feats, labels, inputs=inputs, alpha=alpha, device=device,
-                                saturation_tol=saturation_tol, progress=sys.stderr.isatty(), desc=name)
-            results[name] = res
+            runs = [rank_channels(feats, labels, inputs=inputs, alpha=alpha, device=device, workers=w,
+                                  saturation_tol=saturation_tol, progress=sys.stderr.isatty(), desc=f"{name} w={w}")
+                    for w in workers]
+            res = results[name] = runs[0]
+            totals = [t + r.seconds for t, r in zip(totals, runs)]
             floor = eig_floor(feats, labels, res.entropies, device) if alpha != 2 else float("nan")
-            total += res.seconds
             floor_total += floor if alpha != 2 else 0
             ratio = f"{res.seconds / floor:7.2f}" if alpha != 2 else "    n/a"
             stop = "-" if res.saturated_at is None else str(res.saturated_at)
-            print(f"    {name:8s} {c:4d} {hw:>3d}x{hw:<2d} {stop:>5s} {res.entropies:10d} "
-                  f"{res.seconds:9.1f} {floor if alpha != 2 else float('nan'):8.1f} {ratio}", flush=True)
+            secs = " ".join(f"{r.seconds:9.1f}" for r in runs)
+            same = all((r.order, r.cmi) == (res.order, res.cmi) for r in runs)
+            same_all &= same
+            tail = f"  {res.seconds / runs[-1].seconds:7.2f}x  {'yes' if same else 'DIFFERS'}" if len(runs) > 1 else ""
+            print(f"    {name:8s} {c:4d} {hw:>3d}x{hw:<2d} {stop:>5s} {res.entropies:10d} {secs} "
+                  f"{floor if alpha != 2 else float('nan'):8.1f} {ratio}{tail}", flush=True)
+        total = totals[0]
         extra = f"   floor {floor_total:.1f} s ({total / floor_total:.2f}x)" if alpha != 2 else ""
         print(f"    total {len(layers)} layers, {sum(all_feats[l].shape[1] for l in layers)} channels: "
-              f"{total:.1f} s = {total / 60:.1f} min{extra}", flush=True)
+              f"{total:.1f} s = {total / 60:.1f} min with workers={workers[0]}{extra}", flush=True)
+        for w, t in zip(workers[1:], totals[1:]):
+            print(f"    workers={w}: {t:.1f} s = {t / 60:.1f} min, {total / t:.2f}x the speed of workers={workers[0]}; "
+                  f"orders and CMI values {'identical in every layer' if same_all else 'DIFFER'}", flush=True)
         print("    stop: picks chosen by greedy CMI before CMI_t <= tol x I(Y; L) ('-': never, every pick is CMI's)",
               flush=True)
         rest = [name for name in LAYER_NAMES if name not in layers]
@@ -387,6 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--activations", type=Path, default=None,
                         help="rank a captured activations.pt (a trained network's maps) instead of random ones")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
+    parser.add_argument("--workers", nargs="+", type=int, default=None,
+                        help="ranking: CPU threads per eigendecomposition batch, each run in turn on every layer "
+                             "(default: 1 and all cores, the speed-up printed)")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--skip-vgg", action="store_true")
     parser.add_argument("--out", type=Path, default=None,
@@ -397,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
                      "which captures artifacts/cmi/<digest>/activations.pt)")
     if args.what == "saturation" and (not args.tols or args.tols[0] != 0):
         parser.error("--tols must start with 0: the exact run is the reference")
+    if args.workers is not None and min(args.workers) < 1:
+        parser.error(f"--workers must be positive, got {args.workers}")
     if not 0 <= args.saturation_tol < 1:
         parser.error(f"--saturation-tol must be in [0, 1), got {args.saturation_tol}")
     device = resolve_device(args.device)
@@ -413,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.what == "ranking" and not args.skip_vgg:
             bench_vgg(device, args.layers, args.alpha, n=args.n, width=args.width,
                       saturation_tol=args.saturation_tol, exact_layers=args.exact_layers,
-                      activations=args.activations)
+                      activations=args.activations, workers=args.workers or [1, cpu_workers()])
     if args.out is not None:
         command = "python -m cmi.bench " + " ".join(sys.argv[1:] if argv is None else argv)
         atomic_write_text(args.out, f"`{command}`\n\n```\n{printout.getvalue().rstrip()}\n```\n")

@@ -12,7 +12,10 @@ matrices. Entropies are in nats unless ``base`` says otherwise (``base=2`` for b
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -102,10 +105,30 @@ def single_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
-def eigvalsh(a: Tensor) -> Tensor:
-    """Eigenvalues of symmetric matrices (..., N, N), ascending (``torch.linalg.eigvalsh``, one thread on CPU)."""
+def cpu_workers() -> int:
+    """The cores this process may use: its intra-op thread count (``torch.get_num_threads``; a worker
+    process that was given one thread gets 1), at most the CPUs it is allowed to run on."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), allowed))
+
+
+@lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="cmi-eigvalsh")
+
+
+def eigvalsh(a: Tensor, workers: int = 1) -> Tensor:
+    """Eigenvalues of symmetric matrices (..., N, N), ascending (``torch.linalg.eigvalsh``, one thread on CPU).
+
+    ``workers`` > 1 splits a CPU batch (B, N, N) into that many contiguous chunks solved on as many
+    threads at once (LAPACK releases the GIL); each matrix is solved by the same single-threaded
+    LAPACK call as without workers, so the result is bit-identical. Ignored on CUDA.
+    """
     with single_thread(a.device):
-        return torch.linalg.eigvalsh(a)
+        if a.device.type != "cpu" or workers <= 1 or a.ndim != 3 or a.shape[0] < 2:
+            return torch.linalg.eigvalsh(a)
+        parts = a.tensor_split(min(workers, a.shape[0]))
+        return torch.cat(list(_pool(workers).map(torch.linalg.eigvalsh, parts)))
 
 
 def entropy_from_eigenvalues(lam: Tensor, alpha: float, base: float | None = None) -> Tensor:

@@ -53,8 +53,8 @@ def variable_gram(x: Tensor, rule, d_sigma: int, dtype) -> tuple[Tensor, float]:
 class EntropyCounter:
     """S_α of unnormalised Gram products (unit diagonal, so trace N), batched, chunked and counted."""
 
-    def __init__(self, alpha: float, chunk: int):
-        self.alpha, self.chunk, self.count = alpha, chunk, 0
+    def __init__(self, alpha: float, chunk: int, workers: int = 1):
+        self.alpha, self.chunk, self.workers, self.count = alpha, chunk, workers, 0
 
     def __call__(self, k: Tensor, mult: Tensor | None = None) -> Tensor:
         """S_α(k ∘ mult / N) for k (B, N, N) (or (N, N)); ``mult`` (N, N) also has a unit diagonal."""
@@ -68,7 +68,7 @@ class EntropyCounter:
             if self.alpha == 2:
                 out.append(-torch.log((a * a).sum((-2, -1))))
             else:
-                out.append(entropy_from_eigenvalues(eigvalsh(a), self.alpha))
+                out.append(entropy_from_eigenvalues(eigvalsh(a, self.workers), self.alpha))
         out = torch.cat(out)
         return out[0] if single else out
 

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from .device import resolve_device
+from .entropy import cpu_workers
 from .grams import (EntropyCounter, channel_grams, check_inputs, default_chunk, degenerate_grams,
                     variable_gram)
 from .names import SATURATION_TOL
@@ -93,7 +94,7 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
                   num_classes: int | None = None, permutation: tuple[int, float] | None = None,
                   permute_condition: bool = True, saturation_tol: float | None = None, device=None,
                   seed: int = 0, dtype: torch.dtype = torch.float64, chunk: int | None = None,
-                  progress: bool = False, desc: str = "ranking") -> Ranking:
+                  workers: int | None = None, progress: bool = False, desc: str = "ranking") -> Ranking:
     """Rank the C channels of one layer by greedy CMI selection (docs/method.md §3).
 
     Args:
@@ -118,6 +119,8 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
         seed: seeds the permutation test.
         dtype: float64 (default) or float32.
         chunk: candidates per eigendecomposition batch (default: a ~256 MB working set).
+        workers: CPU threads that share each batch of eigendecompositions (default: the cores this
+            process may use, :func:`cmi.entropy.cpu_workers`); the result does not depend on it.
 
     Returns:
         :class:`Ranking`; ``order`` has C-1 picks, fewer when the permutation test stops.
@@ -125,9 +128,12 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
     t0 = time.perf_counter()
     if saturation_tol is None:
         saturation_tol = 0.0 if permutation is not None else SATURATION_TOL
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive int or None (all cores), got {workers!r}")
     features, labels, inputs, condition, k = check_inputs(
         features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol, dtype, chunk)
-    lay = _layer_grams(features, labels, inputs, condition, k, alpha, sigma, device, dtype, chunk, desc)
+    lay = _layer_grams(features, labels, inputs, condition, k, alpha, sigma, device, dtype, chunk, desc,
+                       cpu_workers() if workers is None else workers)
     run = _greedy(lay, bool(condition), permutation, permute_condition, saturation_tol, seed, progress, desc)
     if run.saturated_at is not None:
         _saturated_tail(lay, run, bool(condition))
@@ -171,12 +177,13 @@ class _Layer:
     sq: Tensor | None              #: K_j² flattened (C, N²), for α = 2
 
 
-def _layer_grams(features, labels, inputs, condition, k, alpha, sigma, device, dtype, chunk, desc) -> _Layer:
+def _layer_grams(features, labels, inputs, condition, k, alpha, sigma, device, dtype, chunk, desc,
+                 workers: int = 1) -> _Layer:
     """The Gram matrices of the layer's channels, Y, Z and the inputs (checked arguments of
     :func:`rank_channels`), and the fixed entropies; warns when every channel's Gram is degenerate."""
     dev = resolve_device(device)
     n, c = features.shape[:2]
-    ent = EntropyCounter(float(alpha), chunk or default_chunk(n))
+    ent = EntropyCounter(float(alpha), chunk or default_chunk(n), workers)
 
     k_feat, sig_feat = channel_grams(features.to(dev), sigma, dtype)            # (C, N, N)
     n_identity, n_ones = degenerate_grams(k_feat)

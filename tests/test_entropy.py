@@ -135,3 +135,14 @@ def test_batched_gram_and_entropy():
 def test_bad_alpha():
     with pytest.raises(ValueError, match="alpha must be"):
         renyi_entropy(torch.eye(3).double() / 3, 0)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_eigvalsh_on_threads_is_bit_identical_to_one_call(workers):
+    from cmi.entropy import eigvalsh
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 40, 6, dtype=torch.float64, generator=g)
+    a = gaussian_gram(x, 2.0) / 40                         # (5, 40, 40) symmetric PSD, 5 matrices over 2-7 threads
+    one = torch.linalg.eigvalsh(a)
+    assert torch.equal(eigvalsh(a, workers), one)
+    assert torch.equal(eigvalsh(a[0], workers), one[0])    # a single matrix is not split

@@ -268,3 +268,17 @@ def test_a_saturated_estimator_is_said_and_recorded(scale, sigma):
         warnings.simplefilter("error")                            # the planted maps are not saturated
         ok = rank_channels(feats, y)
     assert ok.info["degenerate_grams"] == {"identity": 0, "ones": 1, "channels": 8}     # the dead channel
+
+
+def test_workers_do_not_change_the_ranking():
+    feats, y, inputs, cond = planted()
+    kw = dict(inputs=inputs, alpha=1.01, saturation_tol=0, chunk=3)   # chunks of 3 candidates, split over threads
+    one = rank_channels(feats, y, workers=1, **kw)
+    for w in (2, 4):
+        many = rank_channels(feats, y, workers=w, **kw)
+        assert (many.order, many.cmi, many.mi_labels, many.mi_input) == (one.order, one.cmi, one.mi_labels, one.mi_input)
+    cond_one = rank_channels(feats, y, condition=cond, workers=1, **kw)
+    cond_two = rank_channels(feats, y, condition=cond, workers=2, **kw)
+    assert (cond_two.order, cond_two.cmi) == (cond_one.order, cond_one.cmi)
+    with pytest.raises(ValueError, match="workers"):
+        rank_channels(feats, y, workers=0)
