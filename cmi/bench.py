@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .device import resolve_device
+from .device import hardware_name, resolve_device
 from .models import LAYER_NAMES, layer_widths
 from .entropy import cpu_workers, single_thread
 from .grams import channel_grams, variable_gram
@@ -139,12 +138,6 @@ def eig_floor(features: torch.Tensor, labels: torch.Tensor, count: int, device: 
 def sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -420,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     printout = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, printout)):
-        print(f"device: {hardware(device)}; torch {torch.__version__}", flush=True)
+        print(f"device: {hardware_name(device)}; torch {torch.__version__}", flush=True)
         if args.what == "saturation":
             bench_saturation(args.profile, args.dataset, args.tols, args.keep, args.test_images, args.seeds,
                              sys.stderr.isatty())

@@ -314,9 +314,12 @@ def _profile_settings(profile: str, chain: tuple[str, ...]) -> dict[str, Any]:
     """A profile's settings as ``{"section.field": value}``, its ``extends`` base's first."""
     path = _profile_path(profile)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"profile {str(path)!r} is not valid YAML: {e}") from None
+    if raw is None:      # an empty file would silently be the built-in defaults (CIFAR-10, width 1, 200 epochs)
+        raise ConfigError(f"profile {str(path)!r} is empty; give at least the settings that differ from the "
+                          f"defaults, or 'extends: <profile>'")
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
     flat: dict[str, Any] = {}
@@ -362,6 +365,9 @@ def parse_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> dict
         if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
         key, _, text = item.partition("=")
+        if key.strip() in out:
+            raise ConfigError(f"override {key.strip()!r} is given twice ({key.strip()}={out[key.strip()]!r} and "
+                              f"{item!r}); give it once")
         try:
             out[key.strip()] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:

@@ -308,6 +308,9 @@ def load_fashion_mnist(root: Path, explicit: bool = False):
         if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
             raise DatasetUnavailable(f"{xi} and {yi} hold images of shape {x.shape} and labels of shape {y.shape}; "
                                      f"expected (n, 28, 28) and (n,). Replace them with the original files.")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(FASHION_CLASSES)):
+            raise DatasetUnavailable(f"{yi} holds labels {int(y.min())}..{int(y.max())}; Fashion-MNIST's are "
+                                     f"0..{len(FASHION_CLASSES) - 1}. Replace it with the original file.")
         xs[split], ys[split] = torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
     pad = lambda x: F.pad(x[:, None], (2, 2, 2, 2))  # noqa: E731 - (n, 28, 28) -> (n, 1, 32, 32)
     return pad(xs["train"]), ys["train"], pad(xs["test"]), ys["test"], list(FASHION_CLASSES)

@@ -37,7 +37,7 @@ def run(cfg: Config, deadline_s: float, out: Path, progress: bool = False, comma
     from .estimate import estimate_run
     from .evaluation import evaluate, sweep_budget
     from .run import make_plans, prepare_run
-    from .train import hardware_name, resolve_device
+    from .device import hardware_name, resolve_device
 
     t_start = time.perf_counter()
     elapsed = lambda: time.perf_counter() - t_start  # noqa: E731

@@ -23,7 +23,7 @@ from pathlib import Path
 from .config import Config
 from .paths import project_root
 from .store import atomic_write, cache_key, read_cache, save_json
-from .train import hardware_name, resolve_device
+from .device import hardware_name, resolve_device
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "torch-pruning", "pyclustering", "matplotlib", "seaborn", "cmi")
 

@@ -18,16 +18,26 @@ def project_root() -> Path:
     return root if (root / "configs").is_dir() else Path.cwd()
 
 
+def _from_env(var: str, default: Path) -> Path:
+    value = os.environ.get(var)
+    if value is None:
+        return default
+    if not value.strip():     # Path("") is the current folder: a cache would be written wherever one stands
+        from .errors import ConfigError
+        raise ConfigError(f"{var} is set but empty; unset it (default {default}) or name a folder")
+    return Path(value)
+
+
 def configs_dir() -> Path:
-    return Path(os.environ.get("CMI_CONFIGS", project_root() / "configs"))
+    return _from_env("CMI_CONFIGS", project_root() / "configs")
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("CMI_DATA", project_root() / "data"))
+    return _from_env("CMI_DATA", project_root() / "data")
 
 
 def artifacts_root() -> Path:
-    return Path(os.environ.get("CMI_ARTIFACTS", project_root() / "artifacts"))
+    return _from_env("CMI_ARTIFACTS", project_root() / "artifacts")
 
 
 def check_folders() -> None:

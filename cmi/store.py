@@ -24,12 +24,22 @@ from .paths import artifacts_root
 CACHE_VERSION = 2
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)          # reading the umask means setting it; put it straight back (once, at import)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Call ``write(f)`` on a temp file next to ``path``, fsync, then rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)      # mkstemp creates 0600; a plain open() respects the umask
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

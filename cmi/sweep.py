@@ -24,7 +24,7 @@ from .report import model_cost
 from .run import Run, make_plans, plan_specs, prepare_run
 from .store import atomic_write_text, cache_key, read_cache, save_config, save_json, with_keys
 from .surgery import remove_channels
-from .train import hardware_name
+from .device import hardware_name
 
 RESULT_COLUMNS = ["plan", "formulation", "cutoff", "direction", "filters_kept", "filters_total",
                   "pruning_efficiency", "params", "macs", "latency_b1_ms", "latency_b1_iqr_ms", "latency_b256_ms",

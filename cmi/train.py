@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .config import Config, TrainConfig
 from .data import Dataset, augment, load_dataset
-from .device import resolve_device  # noqa: F401  (outputs and sweep import it from here)
+from .device import hardware_name, resolve_device
 from .errors import TrainingDiverged
 from .models import VGG16, build_model
 from .store import digest, load_json, load_torch, save_config, save_json, save_torch, stage_dir
@@ -278,11 +278,3 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
     save_json({"metrics": metrics, "history": history.epochs}, metrics_path)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     return Baseline(model, metrics, history.epochs, run_dir, cached=False)
-
-
-def hardware_name(device: torch.device | str) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

@@ -85,6 +85,8 @@ def main() -> None:
     afile.write_text("")
     cli("2 CMI_ARTIFACTS is a file", "config", "--profile", "quick", env={"CMI_ARTIFACTS": str(afile)})
     cli("2 CMI_DATA is a file", "data", "--profile", "quick", env={"CMI_DATA": str(afile)})
+    cli("2 CMI_ARTIFACTS set but empty", "config", "--profile", "quick", env={"CMI_ARTIFACTS": ""})
+    cli("2 a key given twice", "config", "--profile", "quick", "epochs=1", "epochs=2")
 
     # 3. Fashion-MNIST from CMI_DATA, and a corrupt IDX file
     sys.path.insert(0, str(ROOT / "tests"))

@@ -228,3 +228,25 @@ def test_command_line_prints_warnings_as_one_line():
                         "train_subset=99999", "test_subset=100"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == ("warning: data.train_subset=99999 is more than the 1488 training images "
                                               "left after val_size=512 of synthetic: using 1488\n")
+
+
+def test_a_key_given_twice_is_refused():
+    for overrides in (["train.epochs=1", "train.epochs=2"], ["epochs=1", "epochs=2"]):
+        with pytest.raises(ConfigError, match="given twice"):
+            load_config("smoke", overrides)
+    with pytest.raises(ConfigError, match="give it once"):     # two spellings of one field
+        load_config("smoke", ["epochs=1", "train.epochs=2"])
+
+
+@pytest.mark.parametrize("var", ["CMI_DATA", "CMI_ARTIFACTS", "CMI_CONFIGS"])
+def test_env_folder_set_but_empty_is_refused(var, monkeypatch):
+    monkeypatch.setenv(var, "")          # Path("") would be the current folder
+    with pytest.raises(ConfigError, match=f"{var} is set but empty"):
+        load_config("smoke")
+
+
+def test_an_empty_profile_file_is_refused(tmp_path):
+    for text in ("", "# only a comment\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(ConfigError, match="empty.yaml' is empty"):
+            load_config(str(tmp_path / "empty.yaml"))

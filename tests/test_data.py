@@ -280,3 +280,15 @@ def test_loading_fashion_mnist_does_not_import_torchvision(tmp_path):
             "load_dataset(load_config('smoke', {'dataset': 'fashion-mnist'})); print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_fashion_mnist_label_out_of_range_names_the_file(tmp_path, monkeypatch):
+    truth = write_fashion_fixture(tmp_path)
+    y = truth["train"][1].copy()
+    y[3] = 11
+    labels = tmp_path / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte"
+    write_idx(labels, y)
+    monkeypatch.setenv("CMI_DATA", str(tmp_path))
+    with pytest.raises(DatasetUnavailable, match=r"train-labels-idx1-ubyte holds labels 0\.\.11; Fashion-MNIST's "
+                                                 r"are 0\.\.9"):
+        load_dataset(load_config("smoke", {"dataset": "fashion-mnist", "val_size": 5}))

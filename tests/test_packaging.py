@@ -153,3 +153,17 @@ def test_provenance_records_the_run_that_computed_the_files(tmp_path):
     assert changed["changed"] == ["f.pdf", "f.png", "t.csv", "t.md"] and record.stat().st_ino != inode  # rewritten
     assert json.loads(record.read_text())["changed"] == changed["changed"]
     assert first["files"] == changed["files"]
+
+
+def test_captions_name_the_cpu_model_and_its_vector_capability():
+    import torch
+    from pathlib import Path
+    from cmi.device import hardware_name
+    text = hardware_name("cpu")
+    assert torch.backends.cpu.get_cpu_capability() in text
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        names = [l.split(":", 1)[1].strip() for l in info.read_text().splitlines() if l.startswith("model name")]
+        if names:
+            assert text.startswith(names[0])
+    assert text.endswith(f"{torch.get_num_threads()} threads")

@@ -109,3 +109,12 @@ def test_cli_names_a_corrupt_baseline_file():
     (run_dir / "metrics.json").write_text('{"metrics": {}, "history": []}')
     r = subprocess.run([sys.executable, "-m", "cmi", "train", *args], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: model file") and "corrupt" in r.stderr, r.stderr
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    # a shared cache or figures/ folder must be readable by the group when the umask allows it
+    code = ("import os, sys; os.umask(0o027); from cmi.store import save_json; "
+            "save_json({'a': 1}, sys.argv[1]); print(oct(os.stat(sys.argv[1]).st_mode & 0o777))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.json")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "0o640"                  # 0o666 & ~0o027, not mkstemp's 0o600
