@@ -141,6 +141,29 @@ def sync(device):
 
 
 # ----------------------------------------------------------------------------- benchmarks
+def bench_gpu_solver(device: torch.device, sizes=(64, 128, 256), batch: int = 512) -> None:
+    """On CUDA: ``batch`` Gram-like matrices per size through torch.linalg.eigvalsh (one cuSOLVER call per
+    matrix above N = 32) and through cmi.gpu_eigh's batched call, same process; ratio and largest difference."""
+    from .entropy import eigvalsh
+    print(f"[gpu] eigensolver, {batch} float64 matrices per size: torch.linalg.eigvalsh vs cusolverDnXsyevBatched",
+          flush=True)
+    gen = torch.Generator().manual_seed(0)
+    for n in sizes:
+        x = torch.randn(batch, n, 9, dtype=torch.float64, generator=gen).to(device)
+        a = torch.exp(-torch.cdist(x, x) ** 2 / 8) / n
+        times = {}
+        for batched in (False, True):
+            eigvalsh(a[:2], batched=batched)
+            sync(device)
+            t0 = time.perf_counter()
+            w = eigvalsh(a, batched=batched)
+            sync(device)
+            times[batched] = (time.perf_counter() - t0, w)
+        diff = (times[True][1] - times[False][1]).abs().max().item()
+        print(f"    N={n:4d}: torch {times[False][0]:.3f} s, batched {times[True][0]:.3f} s, "
+              f"{times[False][0] / times[True][0]:.1f}x; max |diff| {diff:.1e}", flush=True)
+
+
 def bench_reference(device: torch.device, n: int = 128, c: int = 32, hw: int = 4, alpha: float = 1.01) -> None:
     gen = torch.Generator().manual_seed(0)
     feats = random_layer(n, c, hw, gen)
@@ -421,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
             bench_scoring(args.profile, args.dataset, LAYER_NAMES.index(args.start), device)
         elif not args.skip_reference:
             bench_reference(device)
+        if args.what == "ranking" and device.type == "cuda":
+            bench_gpu_solver(device)
         if args.what == "ranking" and not args.skip_vgg:
             bench_vgg(device, args.layers, args.alpha, n=args.n, width=args.width,
                       saturation_tol=args.saturation_tol, exact_layers=args.exact_layers,

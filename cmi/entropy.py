@@ -117,13 +117,21 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="cmi-eigvalsh")
 
 
-def eigvalsh(a: Tensor, workers: int = 1) -> Tensor:
+def eigvalsh(a: Tensor, workers: int = 1, batched: bool = True) -> Tensor:
     """Eigenvalues of symmetric matrices (..., N, N), ascending (``torch.linalg.eigvalsh``, one thread on CPU).
 
     ``workers`` > 1 splits a CPU batch (B, N, N) into that many contiguous chunks solved on as many
     threads at once (LAPACK releases the GIL); each matrix is solved by the same single-threaded
     LAPACK call as without workers, so the result is bit-identical. Ignored on CUDA.
+
+    On CUDA, a batch (B, N, N) with N > 32 goes to cuSOLVER's batched solver in one call
+    (:mod:`cmi.gpu_eigh`; torch solves one matrix at a time there) unless ``batched`` is False.
     """
+    if batched and a.is_cuda and a.ndim == 3 and a.shape[-1] > 32:
+        from .gpu_eigh import batched_eigvalsh
+        w = batched_eigvalsh(a)
+        if w is not None:
+            return w
     with single_thread(a.device):
         if a.device.type != "cpu" or workers <= 1 or a.ndim != 3 or a.shape[0] < 2:
             return torch.linalg.eigvalsh(a)
