@@ -49,54 +49,10 @@ from .entropy import cpu_workers, single_thread
 from .grams import channel_grams, variable_gram
 from .names import SATURATION_TOL
 from .ranking import rank_channels
+from .reference import reference_ranking
 from .store import atomic_write_text
 
 SPATIAL = (32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2)
-
-
-# ----------------------------------------------------------------------------- authors' cost structure
-def _gram_np(x: np.ndarray, sigma: float) -> np.ndarray:
-    g = x @ x.T
-    sq = np.diag(g)
-    return np.exp(-(sq[:, None] + sq[None, :] - 2 * g) / (2 * sigma ** 2)) / x.shape[0]
-
-
-def _entropy_np(grams: list[np.ndarray], alpha: float) -> float:
-    n = grams[0].shape[0]
-    t = grams[0]
-    for g in grams[1:]:
-        t = t * g * n
-    lam = np.abs(np.linalg.eigvals(t))
-    return float(np.log(np.sum(lam ** alpha)) / (1 - alpha))
-
-
-def reference_ranking(features: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor, alpha: float = 1.01,
-                      condition: list[torch.Tensor] = ()) -> list[int]:
-    """Greedy CMI ranking with the authors' cost structure (see module docstring): numpy, Gram
-    matrices rebuilt from the features for every candidate, general eigensolver, MI terms recomputed."""
-    f = features.double().numpy()
-    n, c = f.shape[:2]
-    s_f = 5 * n ** (-1 / (4 + f.shape[2] * f.shape[3]))
-    onehot = np.eye(int(labels.max()) + 1)[labels.numpy()]
-    gy = [_gram_np(onehot, 5 * n ** (-1 / (4 + onehot.shape[1])))]
-    x = inputs.double().numpy()
-    gx = [_gram_np(x.reshape(n, -1), 5 * n ** (-1 / (4 + x.shape[2] * x.shape[3])))]
-    chan = lambda idx: [_gram_np(f[:, j].reshape(n, -1), s_f) for j in idx]  # noqa: E731
-    gz = []
-    for z in condition:
-        z = z.double().numpy()
-        s_z = 5 * n ** (-1 / (4 + z.shape[2] * z.shape[3]))
-        gz += [_gram_np(z[:, j].reshape(n, -1), s_z) for j in range(z.shape[1])]
-    mi = lambda a, b: _entropy_np(a, alpha) + _entropy_np(b, alpha) - _entropy_np(a + b, alpha)  # noqa: E731
-    selected, remaining = [], list(range(c))
-    for _ in range(c - 1):
-        scores = [mi(gy, gz + chan(selected + [j])) for j in remaining]
-        selected.append(remaining.pop(int(np.argmax(scores))))
-        sel, rem = chan(selected), chan(remaining)
-        _cmi = (_entropy_np(gy + gz + sel, alpha) + _entropy_np(rem + gz + sel, alpha)
-                - _entropy_np(gy + rem + gz + sel, alpha) - _entropy_np(gz + sel, alpha))
-        _mi_xt, _mi_ty = mi(gx, sel), mi(gy, sel)
-    return selected
 
 
 # ----------------------------------------------------------------------------- helpers

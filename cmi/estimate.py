@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from .bench import eig_floor, hardware, random_layer, sync
+from .bench import eig_floor, random_layer, sync
+from .device import hardware_name
 from .config import Config
 from .device import resolve_device
 from .models import build_model, layer_widths
@@ -56,7 +57,7 @@ def estimate_run(cfg, steps: int = 4) -> dict:
     sets = 1 + ("ptest" in p.cutoffs) + sum(f != "per-layer" for f in p.formulations) * len(p.cutoffs) * len(p.directions)
     rankings = sets * entropies_per_set * t_eig
     finetune = len(p.formulations) * len(p.cutoffs) * len(p.directions) * p.finetune_epochs * n_train / img_per_s
-    return {"hardware": hardware(device), "train_images_per_s": img_per_s, "baseline_s": baseline,
+    return {"hardware": hardware_name(device), "train_images_per_s": img_per_s, "baseline_s": baseline,
             "rankings_s": rankings, "finetune_s": finetune, "total_s": baseline + rankings + finetune,
             "eig_ms": 1e3 * t_eig, "ranking_sets": sets}
 
