@@ -289,7 +289,7 @@ def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
     sens = sensitivity(run, progress=False)
     assert len(sens) == 13 * (4 + 2)
     one = evaluate_kept(run, {0: [0]}, ("masked",), dataclasses.replace(controls_budget(cfg), test_images=64))
-    assert set(one) == {"acc_masked", "filters_kept", "seconds"} and one["filters_kept"] == sum(p.widths) - 3
+    assert set(one) == {"acc_masked", "filters_kept", "seconds", "seconds_masked"} and one["filters_kept"] == sum(p.widths) - 3
     idx64 = seeded_indices(len(ds.test_y), 64, cfg.seed)
     assert one["acc_masked"] == evaluate(mask_model(model, {0: [0]}), ds.test_x[idx64], ds.test_y[idx64],
                                          ds)["accuracy"]
