@@ -115,6 +115,10 @@ def check_inputs(features, labels, inputs, condition, alpha, num_classes, permut
     if len(labels) != n:
         raise ValueError(f"labels has {len(labels)} entries but features has N={n} samples")
     k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    if num_classes is None and len(torch.unique(labels)) != k:
+        # {3, 7} would be read as 8 classes and {0, 1} as 2: the same split, another σ and another I(Y; L)
+        raise ValueError(f"labels take the values {sorted(set(labels.tolist()))[:12]}, not every class 0..{k - 1}; "
+                         f"relabel them 0..K-1 or pass num_classes")
     if labels.min() < 0 or labels.max() >= k:
         raise ValueError(f"labels must lie in [0, num_classes={k}); found values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")

@@ -406,7 +406,8 @@ def cached_ranking(acts, layer: int, cond: Sequence[tuple[int, list[int]]] = (),
     if cached is not None:
         return cached, True
     feats = acts.features
-    res = rank_channels(feats[layer], acts.labels, inputs=acts.inputs,
+    # K as the rankings have always read it from a capture (max label + 1): a drawn sample may miss a class
+    res = rank_channels(feats[layer], acts.labels, inputs=acts.inputs, num_classes=int(acts.labels.max()) + 1,
                         condition=[feats[l][:, sorted(k)] for l, k in cond], alpha=alpha, sigma=sigma,
                         permutation=permutation, permute_condition=permute_condition,
                         saturation_tol=saturation_tol, device=device, seed=seed, progress=progress, desc=desc)

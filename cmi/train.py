@@ -7,6 +7,7 @@ run resumed from its last checkpoint ends with exactly the weights of an uninter
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from .config import Config, TrainConfig
 from .data import Dataset, augment, load_dataset
 from .device import hardware_name, resolve_device
-from .errors import TrainingDiverged
+from .errors import CacheCorrupt, TrainingDiverged
 from .models import VGG16, build_model
 from .store import digest, load_json, load_torch, save_config, save_json, save_torch, stage_dir
 
@@ -48,6 +49,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ds: Dataset, *,
              batch_size: int = 1000) -> dict[str, float]:
     """Accuracy (fraction in [0, 1]) and mean cross-entropy (nats) of ``model`` on uint8 images ``x``.
     ``model`` is moved to ``device`` in place (as :func:`fit` does) and left in eval mode."""
+    if len(x) != len(y):     # zip would quietly score only the first len(y) images
+        raise ValueError(f"evaluate: {len(x)} images but {len(y)} labels; give one label per image")
     device = torch.device(device)
     model.to(device).eval()
     correct, loss_sum = 0, 0.0
@@ -116,12 +119,27 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
 
-def _resume(ckpt_path: Path | None, model: nn.Module, opt, sched, history: History, progress: bool) -> int:
+def _identity(tcfg: TrainConfig, seed: int) -> dict:
+    """What a checkpoint was trained with: the training settings and the seed."""
+    return {"train": dataclasses.asdict(tcfg), "seed": seed}
+
+
+def _resume(ckpt_path: Path | None, model: nn.Module, opt, sched, history: History, progress: bool,
+            identity: dict) -> int:
     """Load the checkpoint at ``ckpt_path``, if there is one, into the model, optimiser, scheduler
-    and history; the number of epochs it had finished (0 without one)."""
+    and history; the number of epochs it had finished (0 without one). A checkpoint written with other
+    training settings (``identity``) is refused: its optimizer state would bring them back."""
     if ckpt_path is None or not ckpt_path.is_file():
         return 0
     ckpt = load_torch(ckpt_path)
+    theirs = ckpt.get("identity")
+    if theirs is not None and theirs != identity:
+        diff = {k: (theirs["train"].get(k), v) for k, v in identity["train"].items() if theirs["train"].get(k) != v}
+        if theirs.get("seed") != identity["seed"]:
+            diff["seed"] = (theirs.get("seed"), identity["seed"])
+        raise CacheCorrupt(f"{ckpt_path} was written with other training settings ("
+                           + ", ".join(f"{k} {a!r} here {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+                           + "); delete it to train this config from the start")
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
@@ -190,7 +208,8 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
     opt, sched = make_optimizer(model, tcfg, steps)
     history = History()
     ckpt_path = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
-    start = _resume(ckpt_path, model, opt, sched, history, progress)
+    identity = _identity(tcfg, seed)
+    start = _resume(ckpt_path, model, opt, sched, history, progress, identity)
     x_all, y_all = ds.train_x.to(device), ds.train_y.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
 
@@ -218,7 +237,7 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
                                 if k != "small_gamma"), file=sys.stderr)
         if ckpt_path is not None:
             save_torch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "history": history.epochs}, ckpt_path)
+                        "scheduler": sched.state_dict(), "history": history.epochs, "identity": identity}, ckpt_path)
     return history
 
 
@@ -249,6 +268,25 @@ def load_model(path: Path) -> VGG16:
     return model.eval()
 
 
+def _check_cached_config(cfg: Config, run_dir: Path) -> None:
+    """The config.yaml beside a cached model must be one that names this folder (another config's model
+    copied into the slot would otherwise be taken for this one's)."""
+    from .config import load_config
+    stored = run_dir / "config.yaml"
+    blob = load_torch(run_dir / "model.pt", what="model file")
+    if blob.get("baseline", run_dir.name) != run_dir.name:
+        raise CacheCorrupt(f"{run_dir / 'model.pt'} was trained for baseline {blob['baseline']}, not {run_dir.name} "
+                           f"(the folder it is in); delete {run_dir} to train this config again")
+    if not stored.is_file():
+        return
+    theirs = load_config(str(stored))
+    if digest(theirs, "data", "model", "train") != run_dir.name:
+        mine, other = cfg.payload("data", "model", "train"), theirs.payload("data", "model", "train")
+        diff = [k for k in mine if mine[k] != other.get(k)] or ["(the cache version)"]
+        raise CacheCorrupt(f"{stored} describes another baseline than the folder it is in ({', '.join(diff)} "
+                           f"differ); delete {run_dir} to train this config again")
+
+
 def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = None) -> Baseline:
     """Train the baseline of ``cfg`` or load it from the cache (keyed by data, model, train, seed).
 
@@ -258,6 +296,7 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
     run_dir = baseline_dir(cfg)
     model_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
     if model_path.is_file() and metrics_path.is_file():
+        _check_cached_config(cfg, run_dir)
         info = load_json(metrics_path, what="baseline metrics")
         return Baseline(load_model(model_path), info["metrics"], info["history"], run_dir, cached=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -274,7 +313,7 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
                "wall_seconds_this_run": time.perf_counter() - t0, "device": str(device),
                "hardware": hardware_name(device), "dataset": ds.summary()}
     model = model.cpu().eval()
-    save_torch({"spec": model_spec(model), "state_dict": model.state_dict()}, model_path)
+    save_torch({"spec": model_spec(model), "state_dict": model.state_dict(), "baseline": run_dir.name}, model_path)
     save_json({"metrics": metrics, "history": history.epochs}, metrics_path)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     return Baseline(model, metrics, history.epochs, run_dir, cached=False)

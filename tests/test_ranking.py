@@ -282,3 +282,13 @@ def test_workers_do_not_change_the_ranking():
     assert (cond_two.order, cond_two.cmi) == (cond_one.order, cond_one.cmi)
     with pytest.raises(ValueError, match="workers"):
         rank_channels(feats, y, workers=0)
+
+
+def test_labels_must_be_every_class_or_num_classes_given():
+    feats, y, _, _ = planted()
+    relabelled = torch.where(y % 2 == 0, 3, 7)            # two classes spelled {3, 7}
+    with pytest.raises(ValueError, match=r"labels take the values \[3, 7\], not every class 0..7"):
+        rank_channels(feats, relabelled)
+    a = rank_channels(feats, (relabelled == 7).long(), saturation_tol=0)
+    b = rank_channels(feats, relabelled, num_classes=8, saturation_tol=0)     # allowed when K is given
+    assert a.n_channels == b.n_channels == 8

@@ -221,3 +221,44 @@ def test_evaluate_and_masked_scorer_run_a_cpu_model_on_cuda(trained):
     on_cuda = evaluate(mask_model(model.cpu(), kept), x, y, ds, device="cuda")["accuracy"]
     scored = MaskedScorer(model.cpu(), x, y, ds, device="cuda")(kept)
     assert abs(on_cuda - on_cpu) <= 0.05 and abs(scored - on_cpu) <= 0.05, (on_cpu, on_cuda, scored)
+
+
+def test_evaluate_refuses_fewer_labels_than_images(trained):
+    model, _, ds = trained
+    with pytest.raises(ValueError, match="images but .* labels"):
+        evaluate(model, ds.test_x[:10], ds.test_y[:9], ds)
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_cfg, tmp_path):
+    from cmi.errors import CacheCorrupt
+    cfg = tiny_cfg.replace({"epochs": 2})
+    ds = load_dataset(cfg)
+
+    def interrupt(epoch, step, model):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_fresh(cfg, ds), ds, cfg.train, seed=cfg.seed, run_dir=tmp_path, progress=False, on_step=interrupt)
+    other = cfg.replace({"lr": cfg.train.lr / 2})       # the checkpoint (lr as cfg) placed in another config's folder
+    with pytest.raises(CacheCorrupt, match=r"checkpoint\.pt was written with other training settings \(lr "):
+        fit(_fresh(other, ds), ds, other.train, seed=other.seed, run_dir=tmp_path, progress=False)
+
+
+def test_a_cached_model_of_another_config_is_refused(tiny_cfg):
+    import shutil
+    from cmi.errors import CacheCorrupt
+    from cmi.train import baseline_dir
+    cfg = tiny_cfg.replace({"epochs": 1})
+    other = cfg.replace({"lr": cfg.train.lr / 2})
+    train_baseline(cfg, progress=False)
+    src, dst = baseline_dir(cfg), baseline_dir(other)
+    shutil.copytree(src, dst)                                    # cfg's model.pt and config.yaml in other's slot
+    with pytest.raises(CacheCorrupt, match=f"model.pt was trained for baseline {src.name}, not {dst.name}"):
+        train_baseline(other, progress=False)
+    blob = torch.load(dst / "model.pt", weights_only=True)
+    del blob["baseline"]                                         # a model file from before it named its baseline
+    torch.save(blob, dst / "model.pt")
+    with pytest.raises(CacheCorrupt, match="config.yaml describes another baseline than the folder it is in"):
+        train_baseline(other, progress=False)
+    assert train_baseline(cfg, progress=False).cached            # its own folder still loads
