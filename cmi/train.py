@@ -296,8 +296,8 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
     run_dir = baseline_dir(cfg)
     model_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
     if model_path.is_file() and metrics_path.is_file():
-        _check_cached_config(cfg, run_dir)
         info = load_json(metrics_path, what="baseline metrics")
+        _check_cached_config(cfg, run_dir)
         return Baseline(load_model(model_path), info["metrics"], info["history"], run_dir, cached=True)
     save_config(cfg, run_dir / "config.yaml")
     ds = ds if ds is not None else load_dataset(cfg)
