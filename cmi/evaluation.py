@@ -122,6 +122,11 @@ class Pruning:
         return ds.train_x[seeded_indices(len(ds.train_y), self.budget.recal_images, self.run.cfg.seed + 1)]
 
     @cached_property
+    def calibration_inputs(self) -> torch.Tensor:
+        """The calibration images normalised, as the repairs read them (computed once for all of them)."""
+        return self.run.ds.normalize(self.calibration)
+
+    @cached_property
     def recalibrated(self) -> VGG16:
         return recalibrate_bn(copy.deepcopy(self.removed), self.calibration, self.run.ds.normalize,
                               device=self.run.device)
@@ -160,12 +165,12 @@ def _recalibrated(p: Pruning) -> float:
 
 @register_mode("compensated")
 def _compensated(p: Pruning) -> float:
-    return p.test(repair.compensate(p.run.model, p.kept, p.run.ds.normalize(p.calibration)))
+    return p.test(repair.compensate(p.run.model, p.kept, p.calibration_inputs))
 
 
 @register_mode("reconstructed")
 def _reconstructed(p: Pruning) -> float:
-    return p.test(repair.reconstruct(p.run.model, p.kept, p.run.ds.normalize(p.calibration), seed=p.run.cfg.seed))
+    return p.test(repair.reconstruct(p.run.model, p.kept, p.calibration_inputs, seed=p.run.cfg.seed))
 
 
 @register_mode("merged")

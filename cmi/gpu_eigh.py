@@ -67,7 +67,7 @@ def batched_eigvalsh(a: torch.Tensor) -> torch.Tensor | None:
         return None
     lib, handle, params = solver
     b, n = a.shape[0], a.shape[-1]
-    work = a.contiguous().clone()         # overwritten; symmetric, so row- and column-major are the same
+    work = a.clone(memory_format=torch.contiguous_format)   # overwritten; symmetric, so row- and column-major are the same
     w = torch.empty(b, n, dtype=a.dtype, device=a.device)
     info = torch.zeros(b, dtype=torch.int32, device=a.device)
     t, i64 = _CUDA_TYPE[a.dtype], ctypes.c_int64

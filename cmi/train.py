@@ -262,18 +262,20 @@ def model_spec(model: VGG16) -> dict:
 
 def load_model(path: Path) -> VGG16:
     """A model saved by :func:`train_baseline` (state dict + spec, no pickled classes)."""
-    blob = load_torch(path, what="model file")
+    return _model_from(load_torch(path, what="model file"))
+
+
+def _model_from(blob: dict) -> VGG16:
     model = build_model(**blob["spec"])
     model.load_state_dict(blob["state_dict"])
     return model.eval()
 
 
-def _check_cached_config(cfg: Config, run_dir: Path) -> None:
-    """The config.yaml beside a cached model must be one that names this folder (another config's model
-    copied into the slot would otherwise be taken for this one's)."""
+def _check_cached_config(cfg: Config, run_dir: Path, blob: dict) -> None:
+    """The cached model (its loaded file ``blob``) and the config.yaml beside it must name this folder
+    (another config's model copied into the slot would otherwise be taken for this one's)."""
     from .config import load_config
     stored = run_dir / "config.yaml"
-    blob = load_torch(run_dir / "model.pt", what="model file")
     if blob.get("baseline", run_dir.name) != run_dir.name:
         raise CacheCorrupt(f"{run_dir / 'model.pt'} was trained for baseline {blob['baseline']}, not {run_dir.name} "
                            f"(the folder it is in); delete {run_dir} to train this config again")
@@ -297,8 +299,9 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
     model_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
     if model_path.is_file() and metrics_path.is_file():
         info = load_json(metrics_path, what="baseline metrics")
-        _check_cached_config(cfg, run_dir)
-        return Baseline(load_model(model_path), info["metrics"], info["history"], run_dir, cached=True)
+        blob = load_torch(model_path, what="model file")
+        _check_cached_config(cfg, run_dir, blob)
+        return Baseline(_model_from(blob), info["metrics"], info["history"], run_dir, cached=True)
     save_config(cfg, run_dir / "config.yaml")
     ds = ds if ds is not None else load_dataset(cfg)
     device = resolve_device(cfg.device)
