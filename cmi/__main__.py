@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except CmiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:   # Ctrl-C: every finished stage (epoch, ranking, plan, evaluation) is cached
+        where = str(e) or "stopped; finished epochs, rankings, plans and evaluations are cached; "
+        print(f"\ninterrupted: {where}the same command resumes", file=sys.stderr)
+        return 130
 
 
 def _run(args) -> int:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
@@ -25,8 +23,9 @@ from .device import resolve_device
 from .errors import ConfigError
 from .names import (AUTHORS_PLANS, CRITERIA, CUTOFFS, DATASET_SIZES, DATASETS, DEVICES, DIRECTIONS, FALLBACKS,
                     FORMULATIONS, HEADS, ALL_MODES, PATHS, PROTOCOLS, REFERENCES, SATURATION_TOL, SCHEDULES, SIGMA_RULES,
-                    plan_name, protocol_names)
-from .paths import check_folders, configs_dir
+                    SMALLEST_LAYER, plan_name, protocol_names)
+from .paths import check_folders
+from .profiles import coerce, parse_overrides, profile_settings
 
 #: "Keeps accuracy" means within this fraction of the unpruned network's test accuracy, where
 #: ``prune.max_drop`` (the plans' own choice rule) is unset: 1 pp. Read through :meth:`Config.keep_drop`.
@@ -46,7 +45,8 @@ class DataConfig:
         for key in ("train_subset", "test_subset"):
             v = getattr(self, key)
             _check(v is None or v > 0, f"data.{key}", f"must be positive or null, got {v!r}")
-        _check(self.val_size >= 0, "data.val_size", f"must be >= 0, got {self.val_size!r}")
+        _check(self.val_size >= 1, "data.val_size", f"must be >= 1 (the held-out images pick the paper's cutoffs), "
+                                                    f"got {self.val_size!r}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check(0 < self.width <= 4, "model.width", f"must be in (0, 4], got {self.width!r}")
+        _check(round(SMALLEST_LAYER * self.width) >= 2, "model.width",   # ranking needs 2 channels a layer
+               f"is {self.width!r}: conv1_1 would have {round(SMALLEST_LAYER * self.width)} filter(s) and a layer "
+               f"needs at least 2 to be ranked; use a width >= {math.ceil(1.5e4 / SMALLEST_LAYER) / 1e4}")
         _check(self.head in HEADS, "model.head", f"must be one of {HEADS}, got {self.head!r}")
 
 
@@ -80,9 +83,10 @@ class TrainConfig:
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs!r}")
         _check(self.batch_size >= 2, "train.batch_size", f"must be >= 2, got {self.batch_size!r}")
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr!r}")
+        _check(0 < self.lr < math.inf, "train.lr", f"must be a finite number > 0, got {self.lr!r}")
         _check(0 <= self.momentum < 1, "train.momentum", f"must be in [0, 1), got {self.momentum!r}")
-        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _check(0 <= self.weight_decay < math.inf, "train.weight_decay",
+               f"must be a finite number >= 0, got {self.weight_decay!r}")
         _check(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs",
                f"must be in [0, epochs], got {self.warmup_epochs!r}")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing",
@@ -147,7 +151,7 @@ class PruneConfig:
                f"must be one of {REFERENCES}, got {self.reference!r}")
         _check(self.fallback in FALLBACKS, "prune.fallback", f"must be one of {FALLBACKS}, got {self.fallback!r}")
         _check(self.finetune_epochs >= 0, "prune.finetune_epochs", f"must be >= 0, got {self.finetune_epochs!r}")
-        _check(self.finetune_lr > 0, "prune.finetune_lr", f"must be > 0, got {self.finetune_lr!r}")
+        _check(0 < self.finetune_lr < math.inf, "prune.finetune_lr", f"must be a finite number > 0, got {self.finetune_lr!r}")
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ class Config:
     def validate(self) -> "Config":
         """Check every field and what the sections ask of each other; return the config, with a
         subset larger than its split clamped to the split (with a warning)."""
-        _check(self.device in DEVICES or self.device.startswith("cuda:"), "device",
+        _check(self.device in DEVICES or (self.device[:5] == "cuda:" and self.device[5:].isdigit()), "device",
                f"must be one of {DEVICES} or 'cuda:N', got {self.device!r}")
         resolve_device(self.device)          # device=cuda where there is none: one ConfigError, now
         for name in SECTIONS:
@@ -233,10 +237,21 @@ class Config:
                 clamped[key] = n
         cfg = dataclasses.replace(self, data=dataclasses.replace(d, **clamped)) if clamped else self
         n_used = cfg.data.train_subset or available
+        cfg = cfg._clamp_controls(cfg.data.test_subset or n_test)
         _check(self.cmi.n_samples <= n_used, "cmi.n_samples",
                f"is {self.cmi.n_samples}, more than the {n_used} training images this config uses "
                f"({d.name}, val_size={d.val_size}, train_subset={cfg.data.train_subset})")
         return cfg
+
+    def _clamp_controls(self, n_test: int) -> "Config":
+        c, clamped = self.controls, {}
+        for key in ("test_images", "sensitivity_test_images"):
+            v = getattr(c, key)
+            if v is not None and v > n_test:
+                warnings.warn(f"controls.{key}={v} is more than the {n_test} test images this config uses: "
+                              f"using {n_test}", stacklevel=5)
+                clamped[key] = n_test
+        return dataclasses.replace(self, controls=dataclasses.replace(c, **clamped)) if clamped else self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,59 +301,12 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key} {message}")
 
 
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
-
-
 def load_config(profile: str = "smoke", overrides: Mapping[str, Any] | Sequence[str] | None = None) -> Config:
     """Resolve a profile name (a file in ``configs/``) or a path to a YAML file, then overrides.
     A profile may start from another (``extends: quick``) and set only what differs from it."""
     check_folders()
-    cfg = apply_overrides(Config(), _profile_settings(profile, ()))
+    cfg = apply_overrides(Config(), profile_settings(profile, SECTIONS))
     return apply_overrides(cfg, overrides)
-
-
-def _profile_path(profile: str) -> Path:
-    path = Path(profile)
-    if path.suffix not in (".yaml", ".yml"):
-        path = configs_dir() / f"{profile}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles()} "
-                              f"(or pass the path of a YAML file)")
-    elif not path.is_file():
-        raise ConfigError(f"profile file {str(path)!r} does not exist")
-    return path
-
-
-def _profile_settings(profile: str, chain: tuple[str, ...]) -> dict[str, Any]:
-    """A profile's settings as ``{"section.field": value}``, its ``extends`` base's first."""
-    path = _profile_path(profile)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"profile {str(path)!r} is not valid YAML: {e}") from None
-    if raw is None:      # an empty file would silently be the built-in defaults (CIFAR-10, width 1, 200 epochs)
-        raise ConfigError(f"profile {str(path)!r} is empty; give at least the settings that differ from the "
-                          f"defaults, or 'extends: <profile>'")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"profile {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
-    flat: dict[str, Any] = {}
-    base = raw.pop("extends", None)
-    chain = (*chain, str(path.resolve()))
-    if base is not None:
-        if not isinstance(base, str) or str(_profile_path(base).resolve()) in chain:
-            raise ConfigError(f"profile {str(path)!r}: extends must name another profile, without a loop; "
-                              f"got {base!r}")
-        flat.update(_profile_settings(base, chain))
-    flat["profile"] = raw.pop("profile", path.stem)
-    for key, value in raw.items():
-        if key in SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"section {key!r} of profile {str(path)!r} must be a mapping")
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
 
 
 def _field_index() -> dict[str, str]:
@@ -348,31 +316,6 @@ def _field_index() -> dict[str, str]:
         for f in dataclasses.fields(cls):
             seen.setdefault(f.name, []).append(f"{sec}.{f.name}")
     return {name: keys[0] for name, keys in seen.items() if len(keys) == 1 and name not in TOP_LEVEL}
-
-
-def parse_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
-    if overrides is None:
-        return {}
-    if isinstance(overrides, Mapping):
-        return dict(overrides)
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    if not isinstance(overrides, (list, tuple)):
-        raise ConfigError(f"overrides must be a mapping {{key: value}} or a list of 'key=value' strings, got "
-                          f"{type(overrides).__name__} {overrides!r}")
-    out: dict[str, Any] = {}
-    for item in overrides:
-        if not isinstance(item, str) or "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        key, _, text = item.partition("=")
-        if key.strip() in out:
-            raise ConfigError(f"override {key.strip()!r} is given twice ({key.strip()}={out[key.strip()]!r} and "
-                              f"{item!r}); give it once")
-        try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            out[key.strip()] = text
-    return out
 
 
 def _resolve_key(key: str) -> str:
@@ -393,39 +336,6 @@ def _resolve_key(key: str) -> str:
     raise ConfigError(f"unknown config field {key!r}; known fields: {known} (or section.field)")
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against a dataclass type hint; ints are accepted for floats."""
-    args = typing.get_args(hint)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} must not be null")
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    if typing.get_origin(base) is tuple:
-        item = typing.get_args(base)[0]
-        if item is float:
-            items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-            if not isinstance(items, (list, tuple)) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-                raise ConfigError(f"{key} must be a list of numbers, got {type(value).__name__} {value!r}")
-            return tuple(float(v) for v in items)
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-            raise ConfigError(f"{key} must be a list of strings, got {type(value).__name__} {value!r}")
-        return tuple(items)
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if base is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads "5e-4" as a string
-        except ValueError:
-            pass
-    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {base.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Sequence[str] | None) -> Config:
     changes = parse_overrides(overrides)
     top: dict[str, Any] = {}
@@ -437,11 +347,11 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Sequence[str] | 
             raise ConfigError(f"{spelled[key]!r} and {raw_key!r} both set {key}; give it once")
         spelled[key] = raw_key
         if key in TOP_LEVEL:
-            top[key] = _coerce(key, value, typing.get_type_hints(Config)[key])
+            top[key] = coerce(key, value, typing.get_type_hints(Config)[key])
         else:
             sec, _, name = key.partition(".")
             hint = typing.get_type_hints(SECTIONS[sec])[name]
-            per_section.setdefault(sec, {})[name] = _coerce(key, value, hint)
+            per_section.setdefault(sec, {})[name] = coerce(key, value, hint)
     for sec, kv in per_section.items():
         top[sec] = dataclasses.replace(getattr(cfg, sec), **kv)
     return dataclasses.replace(cfg, **top).validate()

@@ -17,6 +17,7 @@ import gzip
 import os
 import pickle
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,6 +290,9 @@ def load_fashion_mnist(root: Path, explicit: bool = False):
     raw = root / "FashionMNIST" / "raw"
     places = [raw, DEBIAN_FASHION_MNIST] if explicit else [DEBIAN_FASHION_MNIST, raw]
     files = next((f for f in map(_fashion_files, places) if f is not None), None)
+    if explicit and files is not None and files["train"][0].parent != raw:
+        warnings.warn(f"{raw}/ holds no Fashion-MNIST (the four *-ubyte[.gz] files); reading the copy in "
+                      f"{files['train'][0].parent}/", stacklevel=3)
     if files is None:
         from torchvision.datasets import FashionMNIST
         try:

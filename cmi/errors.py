@@ -19,3 +19,12 @@ class TrainingDiverged(CmiError, RuntimeError):
 
 class CacheCorrupt(CmiError, RuntimeError):
     """A cached file cannot be read back (truncated, edited, or from another program)."""
+
+
+class WriteFailed(CmiError, OSError):
+    """A file could not be written: no space left, a read-only or unwritable folder."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with where the run stopped (the command line prints it in one line: what is cached is kept,
+    and the same command resumes)."""

@@ -8,10 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .names import HEADS
+from .names import HEADS, VGG16_PLAN
 
-#: Filters per conv layer at width 1; "M" is a 2x2 max-pool.
-VGG16_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 #: The paper's names for the 13 conv layers, in network order.
 LAYER_NAMES = (
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",

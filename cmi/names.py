@@ -9,6 +9,9 @@ DATASETS = ("cifar10", "fashion-mnist", "synthetic")
 #: Images in each dataset's (training, test) split, to check a config's sizes before any work starts.
 DATASET_SIZES = {"cifar10": (50000, 10000), "fashion-mnist": (60000, 10000), "synthetic": (2000, 500)}
 HEADS = ("mlp", "linear")                             #: classifier heads of cmi.models.VGG16
+#: Filters per conv layer of VGG16 at width 1; "M" is a 2x2 max-pool (cmi.models builds from it).
+VGG16_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+SMALLEST_LAYER = min(c for c in VGG16_PLAN if c != "M")   #: filters of the narrowest layer at width 1
 DEVICES = ("auto", "cpu", "cuda")                     #: or "cuda:N"
 SCHEDULES = ("cosine", "onecycle")                    #: learning-rate schedules of cmi.train
 

@@ -11,6 +11,7 @@ warning would be all ``make reproduce`` prints besides the progress and the timi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import zmq
@@ -53,7 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--set", dest="overrides", default=None, help='config overrides, "key=value key=value"')
     args = parser.parse_args(argv)
-    run_notebook(args.notebook, args.output, args.profile, args.dataset, args.overrides)
+    from papermill.exceptions import PapermillExecutionError
+    try:
+        run_notebook(args.notebook, args.output, args.profile, args.dataset, args.overrides)
+    except PapermillExecutionError as e:   # one line, last, instead of papermill's ~60-line traceback
+        first = (str(e.evalue).strip().splitlines() or [""])[0]
+        print(f"\nthe whole traceback is in the executed notebook {args.output}", file=sys.stderr)
+        sys.exit(f"error: {args.notebook}, cell {e.exec_count}: {e.ename}: {first}")
+    except KeyboardInterrupt:
+        sys.exit(f"\ninterrupted: {args.notebook}; finished stages are cached, the same command resumes")
 
 
 if __name__ == "__main__":

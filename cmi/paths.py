@@ -45,6 +45,13 @@ def check_folders() -> None:
     (a missing folder is fine: it is created when first written)."""
     from .errors import ConfigError
     for var, path in (("CMI_DATA", data_root()), ("CMI_ARTIFACTS", artifacts_root())):
+        if path.is_symlink() and not path.exists():
+            raise ConfigError(f"{var}={str(path)!r} is a symbolic link that leads nowhere (dangling, or a loop: "
+                              f"{os.readlink(path)!r}); point {var} at a folder")
+        need = os.R_OK | os.X_OK | (os.W_OK if var == "CMI_ARTIFACTS" else 0)
+        if path.is_dir() and not os.access(path, need):
+            raise ConfigError(f"{var}={str(path)!r} is not {'writable' if var == 'CMI_ARTIFACTS' else 'readable'} "
+                              f"by this user (permission denied); fix its permissions or point {var} elsewhere")
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{var}={str(path)!r} is a file, not a folder; point it at a folder "
                               f"(or unset it to use {project_root() / var.removeprefix('CMI_').lower()})")

@@ -110,7 +110,12 @@ class Plan:
         d = dict(d)
         d["decisions"] = [LayerDecision(**x) for x in d["decisions"]]
         d["first_pass"] = {int(k): v for k, v in d.get("first_pass", {}).items()}
-        return cls(**d)
+        plan = cls(**d)
+        for x in plan.decisions:     # a cache file edited or misplaced: a ValueError that read_cache reports
+            if not (0 <= x.layer < len(plan.widths) and x.kept and len(set(x.kept)) == len(x.kept)
+                    and all(isinstance(i, int) and 0 <= i < plan.widths[x.layer] for i in x.kept)):
+                raise ValueError(f"layer {x.layer}'s kept channels {x.kept[:8]}... do not fit widths {plan.widths}")
+        return plan
 
     def save(self, path: Path) -> None:
         save_json(self.to_dict(), path)

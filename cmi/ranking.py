@@ -84,8 +84,16 @@ class Ranking:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Ranking":
-        return cls(**d)
+    def from_dict(cls, d: dict, n_channels: int | None = None) -> "Ranking":
+        """The ranking ``d`` holds; a ValueError when it cannot be one of ``n_channels`` channels
+        (an index out of range or repeated, lengths that disagree: a cache file edited or misplaced)."""
+        r = cls(**d)
+        n = r.n_channels if n_channels is None else n_channels
+        if r.n_channels != n or len(set(r.order)) != len(r.order) or not all(
+                isinstance(i, int) and 0 <= i < n for i in r.order) or len(r.cmi) != len(r.order):
+            raise ValueError(f"it is not a ranking of {n} channels (n_channels {r.n_channels}, "
+                             f"{len(r.order)} picks, {len(set(r.order))} distinct)")
+        return r
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -402,7 +410,7 @@ def cached_ranking(acts, layer: int, cond: Sequence[tuple[int, list[int]]] = (),
            "permute_condition": permute_condition if permutation else None, "saturation_tol": saturation_tol,
            "seed": seed}
     path = Path(cache_dir) / "rankings" / f"{cache_key(key)}.json" if cache_dir is not None else None
-    cached = read_cache(path, Ranking.from_dict, "cached ranking")
+    cached = read_cache(path, lambda d: Ranking.from_dict(d, acts.widths[layer]), "cached ranking")
     if cached is not None:
         return cached, True
     feats = acts.features

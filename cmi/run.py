@@ -30,6 +30,7 @@ from .data import Dataset, load_dataset
 from .device import resolve_device
 from .names import plan_name
 from .plans import Plan
+from .errors import CacheCorrupt
 from .store import digest, save_json, stage_dir
 from .train import Baseline, train_baseline
 
@@ -82,7 +83,11 @@ def load_or_capture(cfg: Config, model, ds: Dataset, folder: Path, device) -> Ac
     path = folder / "activations.pt"
     if path.is_file():
         acts = Activations.load(path)
-        acts.check_model(model)
+        try:
+            acts.check_model(model)
+        except ValueError as e:
+            raise CacheCorrupt(f"{path} was captured from another model: {e}. Delete {path} (it is captured "
+                               f"again in seconds)") from None
         return acts
     t0 = time.perf_counter()
     acts = capture(model, ds, n=cfg.cmi.n_samples, seed=cfg.seed, device=device)
@@ -192,9 +197,15 @@ def _in_workers(run: Run, specs: list[Spec], criterion: str, workers: int, progr
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
             futures = [pool.submit(_worker_plan, run.cfg, s, criterion) for s in specs]
-            for f in tqdm(as_completed(futures), total=len(futures), desc=f"plans ({workers} processes)",
-                          disable=not progress):
-                f.result()
+            try:
+                for f in tqdm(as_completed(futures), total=len(futures), desc=f"plans ({workers} processes)",
+                              disable=not progress):
+                    f.result()
+            except KeyboardInterrupt:     # stop the workers now (leaving the pool would wait for their plans)
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     except BrokenProcessPool as e:   # e.g. a script without `if __name__ == "__main__":` (spawn re-runs it)
         warnings.warn(f"the plan worker processes stopped ({e}); the remaining plans are computed in this "
                       "process. A script that calls this needs an `if __name__ == '__main__':` guard.",

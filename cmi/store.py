@@ -5,10 +5,12 @@ interrupted run never leaves a half-written file where a good one was.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -17,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import CacheCorrupt
+from .errors import CacheCorrupt, CmiError, WriteFailed
 from .paths import artifacts_root
 
 #: Part of every cache key: bump it when a code change alters what a cached stage would compute.
@@ -34,10 +36,14 @@ _UMASK = _read_umask()
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Call ``write(f)`` on a temp file next to ``path``, fsync, then rename it onto ``path``."""
+    """Call ``write(f)`` on a temp file next to ``path``, fsync, then rename it onto ``path``. A full
+    disk or an unwritable folder is one :class:`WriteFailed` naming ``path`` (the old file is kept)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_failed(path, e) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)      # mkstemp creates 0600; a plain open() respects the umask
         with os.fdopen(fd, "wb") as f:
@@ -45,10 +51,30 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CmiError) and _disk_full(e, path):
+            raise _write_failed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
+        if isinstance(e, OSError) and not isinstance(e, CmiError) and e.errno in (errno.EACCES, errno.EROFS):
+            raise _write_failed(path, e) from None
         raise
     return path
+
+
+def _disk_full(e: BaseException, path: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or torch.save's "unexpected pos" (its zip writer
+    reports a short write that way) with less than 1 MiB left where ``path`` lives."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "unexpected pos" in str(e) and shutil.disk_usage(path.parent).free < 2**20
+
+
+def _write_failed(path: Path, e: OSError) -> WriteFailed:
+    fix = ("free some space (or point CMI_ARTIFACTS elsewhere) and run the command again: finished stages are "
+           "kept and the run resumes" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+           "make the folder writable, or point CMI_ARTIFACTS at a writable folder")
+    reason = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e)).lower()
+    return WriteFailed(f"cannot write {str(path)!r}: {reason}; {fix}")
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

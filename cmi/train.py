@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .config import Config, TrainConfig
 from .data import Dataset, augment, load_dataset
 from .device import hardware_name, resolve_device
-from .errors import CacheCorrupt, TrainingDiverged
+from .errors import CacheCorrupt, Interrupted, TrainingDiverged
 from .models import VGG16, build_model
 from .store import digest, load_json, load_torch, save_config, save_json, save_torch, stage_dir
 
@@ -144,8 +144,7 @@ def _resume(ckpt_path: Path | None, model: nn.Module, opt, sched, history: Histo
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     history.epochs = list(ckpt["history"])
-    if progress:
-        print(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}", file=sys.stderr)
+    print(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}", file=sys.stderr)   # also without progress bars
     return ckpt["epoch"]
 
 
@@ -215,9 +214,13 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
 
     for epoch in range(start, tcfg.epochs):
         t0 = time.perf_counter()
-        train_loss, train_acc = _train_epoch(
-            model, ds, x_all, y_all, opt, sched, criterion, seed=seed, epoch=epoch, epochs=tcfg.epochs, bs=bs,
-            steps=steps, device=device, augment_images=augment_images, progress=progress, on_step=on_step)
+        try:
+            train_loss, train_acc = _train_epoch(
+                model, ds, x_all, y_all, opt, sched, criterion, seed=seed, epoch=epoch, epochs=tcfg.epochs, bs=bs,
+                steps=steps, device=device, augment_images=augment_images, progress=progress, on_step=on_step)
+        except KeyboardInterrupt:
+            kept = f"epochs 1-{epoch} are saved in {ckpt_path}; " if ckpt_path and epoch else ""
+            raise Interrupted(f"training stopped in epoch {epoch + 1} of {tcfg.epochs}; {kept}") from None
         if not math.isfinite(train_loss):
             where = f"; the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if ckpt_path and epoch else ""
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} "
@@ -262,12 +265,19 @@ def model_spec(model: VGG16) -> dict:
 
 def load_model(path: Path) -> VGG16:
     """A model saved by :func:`train_baseline` (state dict + spec, no pickled classes)."""
-    return _model_from(load_torch(path, what="model file"))
+    return _model_from(load_torch(path, what="model file"), path)
 
 
-def _model_from(blob: dict) -> VGG16:
-    model = build_model(**blob["spec"])
-    model.load_state_dict(blob["state_dict"])
+def _model_from(blob: dict, path: Path) -> VGG16:
+    """The network a model file holds; weights that do not fit its recorded spec (width, head, classes)
+    are a :class:`CacheCorrupt` naming the file."""
+    try:
+        model = build_model(**blob["spec"])
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CacheCorrupt(f"model file {str(path)!r} does not hold the network it describes ({type(e).__name__}: "
+                           f"{first}); delete it to train the baseline again") from None
     return model.eval()
 
 
@@ -299,9 +309,13 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
     model_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
     if model_path.is_file() and metrics_path.is_file():
         info = load_json(metrics_path, what="baseline metrics")
+        if not (isinstance(info, dict) and isinstance(info.get("metrics"), dict) and isinstance(info.get("history"), list)
+                and isinstance(info["metrics"].get("test_accuracy"), float)):
+            raise CacheCorrupt(f"baseline metrics {str(metrics_path)!r} lack their keys (metrics.test_accuracy, "
+                               f"history); delete {run_dir} to train this baseline again")
         blob = load_torch(model_path, what="model file")
         _check_cached_config(cfg, run_dir, blob)
-        return Baseline(_model_from(blob), info["metrics"], info["history"], run_dir, cached=True)
+        return Baseline(_model_from(blob, run_dir / "model.pt"), info["metrics"], info["history"], run_dir, cached=True)
     save_config(cfg, run_dir / "config.yaml")
     ds = ds if ds is not None else load_dataset(cfg)
     device = resolve_device(cfg.device)

@@ -18,7 +18,7 @@ def _isolated_artifacts(tmp_path, monkeypatch):
 def tiny_cfg():
     """Synthetic data, 1/16 width: trains in a second or two on a CPU."""
     from cmi.config import load_config
-    return load_config("smoke", {"dataset": "synthetic", "train_subset": 256, "test_subset": 128,
+    return load_config("smoke", {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "sensitivity_test_images": 128,
                                  "val_size": 64, "width": 0.0625, "epochs": 2, "batch_size": 64,
                                  "device": "cpu"})
 
@@ -33,7 +33,7 @@ def trained():
     from cmi.models import build_model
     from cmi.train import fit
 
-    cfg = load_config("smoke", {"dataset": "synthetic", "train_subset": 512, "test_subset": 128, "val_size": 128,
+    cfg = load_config("smoke", {"dataset": "synthetic", "train_subset": 512, "test_subset": 128, "sensitivity_test_images": 128, "val_size": 128,
                                 "width": 0.0625, "epochs": 2, "batch_size": 64, "device": "cpu"})
     ds = load_dataset(cfg)
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def plan_cfg():
     """The config of the planner tests: every greedy pick (saturation_tol 0), P = 10 shuffles, no
     max_drop rule, candidates scored on the whole held-out split."""
     from cmi.config import load_config
-    return load_config("smoke", {"dataset": "synthetic", "train_subset": 512, "test_subset": 128, "val_size": 128,
+    return load_config("smoke", {"dataset": "synthetic", "train_subset": 512, "test_subset": 128, "sensitivity_test_images": 128, "val_size": 128,
                                  "width": 0.0625, "epochs": 2, "batch_size": 64, "device": "cpu",
                                  "cmi.saturation_tol": 0.0, "cmi.permutations": 10, "prune.max_drop": None,
                                  "prune.select_images": None})

@@ -65,7 +65,7 @@ def main() -> None:
     (run / "model.pt").write_bytes(b"not a model")
     (run / "metrics.json").write_text("{")
     cli("1 corrupt metrics.json (cmi train)", "train", *SYN)
-    (run / "metrics.json").write_text('{"metrics": {}, "history": []}')
+    (run / "metrics.json").write_text('{"metrics": {"test_accuracy": 0.5}, "history": []}')
     cli("2 corrupt model.pt (cmi train)", "train", *SYN)
 
     def corrupt_ranking():

@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from cmi.config import Config, available_profiles, load_config
+from cmi.config import Config, load_config
+from cmi.profiles import available_profiles
 from cmi.errors import ConfigError
 from cmi.store import digest
 
@@ -227,7 +228,31 @@ def test_command_line_prints_warnings_as_one_line():
     r = subprocess.run([sys.executable, "-m", "cmi", "config", "--profile", "smoke", "dataset=synthetic",
                         "train_subset=99999", "test_subset=100"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == ("warning: data.train_subset=99999 is more than the 1488 training images "
-                                              "left after val_size=512 of synthetic: using 1488\n")
+                                              "left after val_size=512 of synthetic: using 1488\n"
+                                              "warning: controls.sensitivity_test_images=500 is more than the 100 "
+                                              "test images this config uses: using 100\n")
+
+
+def test_controls_image_counts_above_the_test_split_are_clamped_with_a_warning():
+    from cmi.evaluation import controls_budget
+    with pytest.warns(UserWarning, match=r"controls.test_images=5000 is more than the 1000 test images"):
+        cfg = load_config("smoke", ["dataset=fashion-mnist", "controls.test_images=5000",
+                                    "sensitivity_test_images=400"])
+    assert (cfg.controls.test_images, cfg.controls.sensitivity_test_images) == (1000, 400)
+    assert "on 1000 test images" in controls_budget(cfg).describe("masked")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("val_size=0", "data.val_size must be >= 1"),
+    ("weight_decay=.inf", "train.weight_decay must be a finite number"),
+    ("lr=.inf", "train.lr must be a finite number"),
+    ("finetune_lr=.nan", "prune.finetune_lr must be a finite number"),
+    ("width=0.0234", "conv1_1 would have 1 filter"),
+])
+def test_settings_that_used_to_fail_after_training_are_refused_when_the_config_is_read(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("smoke", [override])
+    assert load_config("smoke", ["width=0.0235"]).model.width == 0.0235     # 2 filters in conv1_1: accepted
 
 
 def test_a_key_given_twice_is_refused():
