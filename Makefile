@@ -41,14 +41,10 @@ test: env
 	CMI_PROFILE=smoke $(PY) -m pytest --nbval-lax tests notebooks
 
 reproduce: env
-	@$(PY) -m cmi estimate --profile $(PROFILE) $(OVERRIDES)
-	@$(PY) -m cmi data --profile $(PROFILE) $(OVERRIDES) > /dev/null
+	@$(PY) -m cmi estimate --check-data --profile $(PROFILE) $(OVERRIDES)
 	@mkdir -p $(BUILD)
-	@start=$$(date +%s); set -e; for nb in $(NOTEBOOKS); do \
-		t0=$$(date +%s); $(PAPERMILL) $$nb $(BUILD)/$$(basename $$nb); \
-		echo "$$(basename $$nb): $$(( $$(date +%s) - t0 )) s"; \
-	done; echo "make reproduce PROFILE=$(PROFILE) $(DATASET): $$(( $$(date +%s) - start )) s;" \
-		"executed notebooks in $(BUILD)/, figures and tables in figures/"
+	@start=$$(date +%s); $(PAPERMILL) $(NOTEBOOKS) $(BUILD)/ && echo "make reproduce PROFILE=$(PROFILE)" \
+		"$(DATASET): $$(( $$(date +%s) - start )) s; figures and tables in figures/"
 
 controls: env
 	$(PY) -m cmi controls --profile $(PROFILE) $(OVERRIDES)

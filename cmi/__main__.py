@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["config", "data", "train", "sweep", "controls", "estimate"])
     parser.add_argument("--profile", default="smoke", help="a name in configs/ or a YAML path (default: smoke)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--check-data", action="store_true", help="estimate: also load the dataset (fail early)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. dataset=fashion-mnist train.epochs=3 width=0.5")
     args = parser.parse_intermixed_args(argv)
@@ -57,6 +58,9 @@ def _run(args) -> int:
     elif args.command == "estimate":
         from .estimate import estimate_run, format_estimate
         print(format_estimate(cfg, estimate_run(cfg)))
+        if args.check_data:                # make reproduce: a missing dataset stops it here, not in notebook 00
+            from .data import load_dataset
+            load_dataset(cfg)
     elif args.command == "controls":
         from .config import parse_overrides
         from .study import run_controls

@@ -132,6 +132,7 @@ class PruneConfig:
     parallel: bool = True              #: run the two bi-directional halves concurrently
     finetune_epochs: int = 0           #: 0 = no fine-tuning
     finetune_lr: float = 0.01
+    latency_seconds: float = 0.5       #: least measuring time of each plan's CPU latency, per batch size
 
     def validate(self) -> None:
         for key, allowed in (("formulations", FORMULATIONS), ("cutoffs", CUTOFFS), ("directions", DIRECTIONS)):
@@ -152,6 +153,8 @@ class PruneConfig:
         _check(self.fallback in FALLBACKS, "prune.fallback", f"must be one of {FALLBACKS}, got {self.fallback!r}")
         _check(self.finetune_epochs >= 0, "prune.finetune_epochs", f"must be >= 0, got {self.finetune_epochs!r}")
         _check(0 < self.finetune_lr < math.inf, "prune.finetune_lr", f"must be a finite number > 0, got {self.finetune_lr!r}")
+        _check(0 < self.latency_seconds < math.inf, "prune.latency_seconds",
+               f"must be a finite number > 0, got {self.latency_seconds!r}")
 
 
 @dataclass(frozen=True)
@@ -291,7 +294,7 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": 
                              "cmi": CMIConfig, "prune": PruneConfig, "controls": ControlsConfig}
 #: Fields added after CACHE_VERSION 2, with their defaults: hashed only when set to something else, so
 #: caches made before they existed keep their keys.
-LATER_FIELDS: dict[str, Any] = {"train.schedule": "cosine", "train.decay_norm": False}
+LATER_FIELDS: dict[str, Any] = {"train.schedule": "cosine", "train.decay_norm": False, "prune.latency_seconds": 0.5}
 TOP_LEVEL = ("profile", "seed", "device")
 ALIASES = {"dataset": "data.name"}
 

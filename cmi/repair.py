@@ -27,6 +27,7 @@ mode everywhere but the head. Both return a physically smaller network (:func:`c
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,24 +51,21 @@ def _readers(model: VGG16) -> list[nn.Module]:
 
 
 @torch.no_grad()
+def _reader_inputs(model: VGG16, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """What each reader of :func:`_readers` sees on normalised images ``x``, layer by layer: the post-ReLU
+    maps of the conv layer before it, max-pooled where a pool sits between (N, C, H, W), or as the head
+    sees them, (N, C). Lazy: layer l + 1 is computed only when asked for, so a reader re-fit in between
+    is the one used."""
+    seen, convs = x, [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    for l, start in enumerate(convs):
+        stop = convs[l + 1] if l + 1 < len(convs) else len(model.features)
+        seen = model.features[start:stop](seen)           # conv, BN, ReLU, then any pool before the next conv
+        yield seen if l + 1 < len(convs) else torch.flatten(model.pool(seen), 1)
+
+
 def _layer_inputs(model: VGG16, x: torch.Tensor) -> list[torch.Tensor]:
-    """What each reader of :func:`_readers` sees on normalised images ``x``: the post-ReLU maps of the
-    conv layer before it, max-pooled where a pool sits between (N, C, H, W), or pooled to (N, C) for the head."""
-    feats, seen = [], x
-    relus = set(map(id, model.relus()))
-    for m in model.features:
-        seen = m(seen)
-        if id(m) in relus:
-            feats.append(seen)
-    out = []
-    pos = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
-    for l, f in enumerate(feats):
-        if l + 1 < len(feats):
-            between = model.features[pos[l] + 3:pos[l + 1]]            # conv, BN, ReLU, then pools
-            out.append(between(f))
-        else:
-            out.append(torch.flatten(model.pool(f), 1))
-    return out
+    """Every reader's input of :func:`_reader_inputs` at once."""
+    return list(_reader_inputs(model, x))
 
 
 def _pruned(kept: Kept, widths: list[int]) -> dict[int, list[int]]:
@@ -96,16 +94,23 @@ def compensate(model: VGG16, kept: Kept, images: torch.Tensor) -> VGG16:
 
 
 def _columns(seen: torch.Tensor, reader: nn.Module, rows: torch.Generator) -> torch.Tensor:
-    """The reader's input as least-squares rows: im2col of a seeded draw of POSITIONS positions per image
-    (conv), or the pooled vector (linear)."""
+    """The reader's input as least-squares rows: the 3x3 patches (im2col order: channel, then tap) at a
+    seeded draw of POSITIONS positions per image (conv), gathered only where drawn; or the pooled vector
+    (linear)."""
     if isinstance(reader, nn.Linear):
         return seen.double()
-    cols = F.unfold(seen.double(), 3, padding=reader.padding)            # (n, C*9, H*W)
-    n, _, hw = cols.shape
-    if hw > POSITIONS:
-        pick = torch.stack([torch.randperm(hw, generator=rows)[:POSITIONS] for _ in range(n)])
-        cols = cols.gather(2, pick[:, None, :].expand(-1, cols.shape[1], -1))
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    n, c, h, w = seen.shape
+    if h * w <= POSITIONS:
+        cols = F.unfold(seen.double(), 3, padding=reader.padding)             # (n, C*9, H*W)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    pick = torch.stack([torch.randperm(h * w, generator=rows)[:POSITIONS] for _ in range(n)])   # (n, P)
+    pad = reader.padding[0]
+    taps = torch.arange(3)
+    ys = (pick // w)[:, :, None] + taps.repeat_interleave(3)                  # (n, P, 9), row of each tap
+    xs = (pick % w)[:, :, None] + taps.repeat(3)
+    padded = F.pad(seen, (pad, pad, pad, pad))
+    patches = padded[torch.arange(n)[:, None, None], :, ys, xs]              # (n, P, 9, C)
+    return patches.permute(0, 1, 3, 2).reshape(n * POSITIONS, c * 9).double()
 
 
 def _refit(reader: nn.Module, original: nn.Module, have: torch.Tensor, want: torch.Tensor, keep: list[int],
@@ -140,10 +145,11 @@ def reconstruct(model: VGG16, kept: Kept, images: torch.Tensor, seed: int = 0) -
     kept, widths = kept_per_layer(model, kept)
     model = model.cpu().eval()
     out = copy.deepcopy(model)
-    targets = _layer_inputs(model, images.float())
-    for l, gone in _pruned(kept, widths).items():
-        have = _layer_inputs(out, images.float())[l][:, kept[l]]
-        _refit(_readers(out)[l], _readers(model)[l], have, targets[l], kept[l], seed + 1000 * l)
+    targets, pruned = _layer_inputs(model, images.float()), _pruned(kept, widths)
+    readers, originals = _readers(out), _readers(model)
+    for l, seen in enumerate(_reader_inputs(out, images.float())):      # one pass: each layer after its re-fit
+        if l in pruned:
+            _refit(readers[l], originals[l], seen[:, kept[l]], targets[l], kept[l], seed + 1000 * l)
     return remove_channels(out, kept)
 
 

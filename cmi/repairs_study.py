@@ -146,7 +146,6 @@ def _write(run: Run, tables: dict, out) -> None:
     out.table([{"part": k, "seconds": v} for k, v in tables["timings"].items()], "10_timings",
               "Wall time of the repair study (seconds)", floatfmt=".1f")
     out.table(tables["cost"], "10_repair_cost", f"Cost of one evaluation per mode (seconds, each including one pass "
-              f"over {budget.test_images} test images; as measured when each evaluation was computed, also if read from the "
-              f"cache): "
-              f"calibration images are training images, seeded draw", floatfmt=".3f")
+              f"over {budget.test_images or n_test} test images; as measured when each evaluation was computed, also if read "
+              f"from the cache): calibration images are training images, seeded draw", floatfmt=".3f")
     out.figure(repair_plot(tables["curves"], REPAIR_MODES, base), "10_repairs")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -139,17 +138,14 @@ def _loadable(run: Run) -> bool:
     return run.folder is not None and Path(run.folder) == cache_folder(run.cfg)
 
 
-def plan_workers(run: Run) -> int:
-    """Processes that compute plans side by side: 2 on a multi-core CPU for a run the workers can load
-    from the cache (a plan's eigendecompositions run on one thread), else 1."""
-    return 2 if run.device.type == "cpu" and (os.cpu_count() or 1) > 1 and _loadable(run) else 1
-
-
 def make_plans(run: Run, specs: list[Spec], *, protocol: str | None = None, criterion: str = "cmi",
-               progress: bool = True, workers: int | None = None, stop=None) -> Plans:
+               progress: bool = True, workers: int = 1, stop=None) -> Plans:
     """Make (compute, resume or load) the plans ``specs`` under ``protocol`` (default ``prune.protocol``).
 
-    With ``workers`` > 1 (default :func:`plan_workers`), more than two plans to compute and a run that
+    ``workers`` defaults to 1: a plan's rankings already split their eigendecompositions over every core
+    (:func:`cmi.entropy.cpu_workers`), and two plan processes on top of that oversubscribe a small CPU
+    (the smoke sweep from a clean cache on the 2-core AMD EPYC: 63.4 s with one process, 87.8 s with two).
+    With ``workers`` > 1, more than two plans to compute and a run that
     workers can load from the cache (one :func:`prepare_run` made), the first is
     computed here (it ranks the per-layer sets the others share), the rest two at a time in spawned
     worker processes that load the run from the cache; each plan's arithmetic depends only on its inputs
@@ -161,7 +157,6 @@ def make_plans(run: Run, specs: list[Spec], *, protocol: str | None = None, crit
     run = run.with_protocol(protocol or run.cfg.prune.protocol)
     ordered = sorted(specs, key=lambda s: s[1] == "ptest")
     todo = [s for s in ordered if not is_cached(run, s, criterion)]
-    workers = plan_workers(run) if workers is None else workers
     if workers > 1 and len(todo) > 2 and stop is None and _loadable(run):
         plan(run, todo[0], criterion=criterion, progress=progress)
         _in_workers(run, todo[1:], criterion, workers, progress)

@@ -91,7 +91,7 @@ def cached_cost(run: Run, kept: dict[int, list[int]] | None) -> dict:
     path = run.folder / "evals" / f"cost-{name}.json" if run.folder is not None else None
     cost = read_cache(path, with_keys("params", "macs", "latency_b1_ms"), "cached cost")
     if cost is None:
-        cost = model_cost(run.model if kept is None else remove_channels(run.model, kept))
+        cost = model_cost(run.model if kept is None else remove_channels(run.model, kept), run.cfg.prune.latency_seconds)
         if path is not None:
             save_json(cost, path)
     return cost

@@ -236,7 +236,7 @@ def test_command_line_prints_warnings_as_one_line():
 def test_controls_image_counts_above_the_test_split_are_clamped_with_a_warning():
     from cmi.evaluation import controls_budget
     with pytest.warns(UserWarning, match=r"controls.test_images=5000 is more than the 1000 test images"):
-        cfg = load_config("smoke", ["dataset=fashion-mnist", "controls.test_images=5000",
+        cfg = load_config("smoke", ["dataset=fashion-mnist", "test_subset=1000", "controls.test_images=5000",
                                     "sensitivity_test_images=400"])
     assert (cfg.controls.test_images, cfg.controls.sensitivity_test_images) == (1000, 400)
     assert "on 1000 test images" in controls_budget(cfg).describe("masked")

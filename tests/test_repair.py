@@ -102,3 +102,47 @@ def test_merged_gives_the_unpruned_logits_when_a_removed_filter_is_a_positive_mu
         want = net(x)
         assert (remove_channels(net, kept).eval()(x) - want).abs().max() > 1e-2
         torch.testing.assert_close(merge(net, kept)(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_reader_inputs_are_what_each_reader_receives_in_the_forward_pass(trained):
+    """Hooks on the next conv layers and on the head's linear layer see exactly the maps the repairs fit
+    on (the head's input is max-pooled by the last pool before the global average)."""
+    model, _, ds = trained
+    net, x, seen = _copy(model), _images(ds, 16), []
+    hooks = [r.register_forward_hook(lambda m, i, o: seen.append(i[0].clone())) for r in repair._readers(net)]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    got = _layer_inputs(net, x)
+    assert len(got) == len(seen) == 13 and all(torch.equal(a, b) for a, b in zip(got, seen))
+
+
+def test_reconstruct_in_one_pass_equals_recomputing_the_inputs_after_every_refit(trained):
+    import copy
+    model, _, ds = trained
+    net, x = _copy(model), _images(ds)
+    kept = {0: [0, 1], 4: [1, 3, 5, 6, 7], 7: list(range(0, 32, 2)), 12: [0, 2, 5]}
+    naive = copy.deepcopy(net)
+    targets = _layer_inputs(net, x)
+    for l in sorted(kept):
+        have = _layer_inputs(naive, x)[l][:, kept[l]]
+        with torch.no_grad():
+            repair._refit(repair._readers(naive)[l], repair._readers(net)[l], have, targets[l], kept[l], 1000 * l)
+    want = remove_channels(naive, kept).state_dict()
+    got = reconstruct(net, kept, x).state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_the_refit_rows_are_the_im2col_columns_at_the_drawn_positions():
+    """The patches gathered at the drawn positions equal torch's unfold (im2col) at those positions."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(0)
+    seen = torch.randn(5, 3, 16, 16, generator=g)
+    reader = torch.nn.Conv2d(3, 4, 3, padding=1)
+    got = repair._columns(seen, reader, torch.Generator().manual_seed(7))
+    cols = F.unfold(seen.double(), 3, padding=1)                                  # (n, 27, 256)
+    draw = torch.Generator().manual_seed(7)
+    pick = torch.stack([torch.randperm(256, generator=draw)[:repair.POSITIONS] for _ in range(5)])
+    want = cols.gather(2, pick[:, None, :].expand(-1, 27, -1)).transpose(1, 2).reshape(-1, 27)
+    assert got.shape == (5 * repair.POSITIONS, 27) and torch.equal(got, want)
