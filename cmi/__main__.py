@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="smoke", help="a name in configs/ or a YAML path (default: smoke)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--check-data", action="store_true", help="estimate: also load the dataset (fail early)")
+    parser.add_argument("--seeds", type=int, default=0, metavar="K",
+                        help="train: the baseline with seeds 0..K-1 (each cached), and their mean ± sd as a table")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. dataset=fashion-mnist train.epochs=3 width=0.5")
     args = parser.parse_intermixed_args(argv)
@@ -48,6 +50,16 @@ def _run(args) -> int:
     elif args.command == "data":
         from .data import load_dataset
         print(json.dumps(load_dataset(cfg).summary(), indent=2))
+    elif args.command == "train" and args.seeds:
+        from .config import parse_overrides
+        from .outputs import Outputs, run_folder
+        from .train import seeds_table
+        out = Outputs(cfg, "01_baseline_seeds", run_folder(cfg, parse_overrides(args.overrides)))
+        rows, summary = seeds_table(cfg, args.seeds, progress=not args.no_progress, out=out)
+        out.finish()
+        for r in rows:
+            print(r)
+        print(summary)
     elif args.command == "train":
         from .train import train_baseline
         base = train_baseline(cfg, progress=not args.no_progress)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .config import Config, TrainConfig
 from .data import Dataset, augment, load_dataset
 from .device import hardware_name, resolve_device
-from .errors import CacheCorrupt, Interrupted, TrainingDiverged
+from .errors import CacheCorrupt, ConfigError, Interrupted, TrainingDiverged
 from .models import VGG16, build_model
 from .store import digest, load_json, load_torch, save_config, save_json, save_torch, stage_dir
 
@@ -275,7 +275,8 @@ def _model_from(blob: dict, path: Path) -> VGG16:
         model = build_model(**blob["spec"])
         model.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        lines = [ln.strip() for ln in str(e).strip().splitlines()] or [""]
+        first = next((ln for ln in lines if "size mismatch" in ln), lines[0])[:200]
         raise CacheCorrupt(f"model file {str(path)!r} does not hold the network it describes ({type(e).__name__}: "
                            f"{first}); delete it to train the baseline again") from None
     return model.eval()
@@ -334,3 +335,27 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
     save_json({"metrics": metrics, "history": history.epochs}, metrics_path)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     return Baseline(model, metrics, history.epochs, run_dir, cached=False)
+
+
+def seeds_table(cfg: Config, seeds: int, *, progress: bool = True, out=None) -> tuple[list[dict], str]:
+    """The baseline of ``cfg`` trained with seeds 0..``seeds``-1 (each cached like any baseline; the seed
+    draws the initial weights, the held-out split, the subsets and the augmentation): one row per seed
+    and a one-line summary, mean ± sd (sample sd) of the test accuracy. Written through ``out`` (an
+    :class:`cmi.outputs.Outputs`) as ``01_baseline_seeds`` when given."""
+    import statistics
+    if seeds < 2:
+        raise ConfigError(f"--seeds must be at least 2 for a spread, got {seeds}")
+    rows = []
+    for seed in range(seeds):
+        base = train_baseline(cfg.replace({"seed": seed}), progress=progress)
+        m = base.metrics
+        rows.append({"seed": seed, "test_accuracy": 100 * m["test_accuracy"], "train_seconds": m["train_seconds"],
+                     "hardware": m["hardware"], "cached": base.cached})
+    acc = [r["test_accuracy"] for r in rows]
+    summary = (f"{cfg.profile} baseline over {seeds} seeds: {statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} % "
+               f"(mean ± sd; min {min(acc):.2f}, max {max(acc):.2f})")
+    if out is not None:
+        out.table(rows, "01_baseline_seeds", f"Test accuracy (%) of the baseline per training seed; {summary}. "
+                  "The seed draws the initial weights, the held-out split and the augmentation; each row's "
+                  "hardware is where it was trained", floatfmt=".2f")
+    return rows, summary

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TMP = Path(tempfile.mkdtemp(prefix="cmi-probes-"))
 ENV = {**os.environ, "CMI_ARTIFACTS": str(TMP / "artifacts"), "TQDM_DISABLE": "1"}
 os.environ.update({"CMI_ARTIFACTS": ENV["CMI_ARTIFACTS"], "TQDM_DISABLE": "1"})
-SYN = ["dataset=synthetic", "train_subset=256", "test_subset=128", "val_size=64", "width=0.0625", "epochs=1"]
+SYN = ["dataset=synthetic", "train_subset=256", "test_subset=128", "sensitivity_test_images=128", "val_size=64",
+       "width=0.0625", "epochs=1"]
 rows: list[tuple[str, str, str]] = []
 
 
@@ -49,6 +50,122 @@ def api(probe: str, call) -> None:
         except Exception as e:  # noqa: BLE001 - the probe reports whatever the user would see
             text = f"{type(e).__name__}: {e}"
     rows.append((probe, first_line(text), "(API)"))
+
+
+def issue27(cfg, run) -> None:
+    """The probes of issue #27: silently wrong before, now an error or a warning that names the cause."""
+    import errno
+    import shutil
+    import signal
+    import time
+    from unittest import mock
+
+    from cmi.config import load_config
+    from cmi.store import save_json
+
+    shutil.rmtree(run)
+    other = load_config("smoke", SYN[:-1] + ["epochs=3", "lr=0.1"])
+    mine_cfg = load_config("smoke", SYN[:-1] + ["epochs=3", "lr=0.05"])
+    from cmi.train import baseline_dir, fit, train_baseline
+
+    def checkpoint_of_other_settings():
+        from cmi.models import build_model
+        def stop(epoch, step, model):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        try:           # an lr 0.1 run interrupted after one epoch, its checkpoint in the lr 0.05 folder
+            fit(build_model(10, 0.0625, "linear"), load_dataset_syn(), other.train, seed=0,
+                run_dir=baseline_dir(mine_cfg), progress=False, on_step=stop)
+        except KeyboardInterrupt:
+            pass
+        return train_baseline(mine_cfg, progress=False).metrics["test_accuracy"]
+    api("27.1 an lr 0.1 checkpoint in the lr 0.05 baseline folder", checkpoint_of_other_settings)
+    shutil.rmtree(baseline_dir(mine_cfg))
+    train_baseline(other, progress=False)
+    shutil.copytree(baseline_dir(other), baseline_dir(mine_cfg))
+    cli("27.2 another config's model.pt in the slot", "train", *SYN[:-1], "epochs=3", "lr=0.05")
+    empty = TMP / "empty.yaml"
+    empty.write_text("")
+    cli("27.8 an empty profile file", "config", "--profile", str(empty))
+    cli("27.6 controls.test_images=20000 (the test split has 10000)", "config", "--profile", "quick",
+        "controls.test_images=20000")
+    for probe in ("val_size=0", "weight_decay=.inf", "lr=.inf", "width=0.01", "device=cuda:x"):
+        cli(f"27 {probe}", "config", "--profile", "smoke", probe)
+    loop = TMP / "loop"
+    loop.symlink_to(TMP / "loop2")
+    (TMP / "loop2").symlink_to(loop)
+    cli("27 CMI_DATA a symlink loop", "data", "--profile", "smoke", env={"CMI_DATA": str(loop)})
+    (TMP / "nodata").mkdir()
+    cli("27 CMI_DATA holds no Fashion-MNIST", "data", "--profile", "smoke", env={"CMI_DATA": str(TMP / "nodata")})
+
+    def with_access(mode_ok):
+        with mock.patch("os.access", lambda p, m: mode_ok(m)):
+            return load_config("smoke")
+    api("27 a read-only CMI_ARTIFACTS (os.access says so)", lambda: with_access(lambda m: not m & os.W_OK))
+    with mock.patch.dict(os.environ, {"CMI_DATA": str(TMP)}):
+        api("27 an unreadable CMI_DATA (os.access says so)", lambda: with_access(lambda m: False))
+
+    def disk_full():
+        with mock.patch("os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device")):
+            save_json({"a": 1}, TMP / "full" / "x.json")
+    api("27 a full disk while writing a cache file", disk_full)
+
+    def read_only():
+        with mock.patch("tempfile.mkstemp", side_effect=OSError(errno.EROFS, "Read-only file system")):
+            save_json({"a": 1}, TMP / "ro" / "x.json")
+    api("27 a read-only cache folder", read_only)
+
+    trained = baseline_dir(other)
+    blob = torch.load(trained / "model.pt", weights_only=True)
+    blob["spec"]["width"] = 0.125
+    torch.save(blob, trained / "model.pt")
+    cli("27 a model file whose recorded width disagrees with its weights", "train", *SYN[:-1], "epochs=3", "lr=0.1")
+
+    def ranking_out_of_range():
+        from cmi.ranking import Ranking
+        return Ranking.from_dict({"order": [0, 7], "cmi": [1.0, 0.5], "objective": [], "mi_labels": [],
+                                  "mi_input": None, "p_values": None, "n_channels": 4, "alpha": 1.01, "sigma": {},
+                                  "seconds": 0.0, "entropies": 0, "device": "cpu"}, 4)
+    api("27 a cached ranking with a channel index out of range", ranking_out_of_range)
+
+    def evaluation_types():
+        from cmi.evaluation import _check_row
+        return _check_row({"acc_masked": "high", "filters_kept": 3, "seconds": 1.0}, ["masked"])
+    api("27.7 a cached evaluation with acc_masked 'high'", evaluation_types)
+
+    def labels_3_7():
+        from cmi.ranking import rank_channels
+        g = torch.Generator().manual_seed(0)
+        return rank_channels(torch.rand(16, 3, 2, 2, generator=g), torch.tensor([3, 7] * 8)).order
+    api("27.9 rank_channels with labels {3, 7}", labels_3_7)
+
+    def evaluate_short():
+        from cmi.models import build_model
+        from cmi.train import evaluate
+        ds = load_dataset_syn()
+        return evaluate(build_model(10, 0.0625, "linear"), ds.test_x[:10], ds.test_y[:5], ds)
+    api("27.10 evaluate with fewer labels than images", evaluate_short)
+
+    args = [sys.executable, "-m", "cmi", "train", "--no-progress", *SYN[:-1], "epochs=400"]
+    p = subprocess.Popen(args, env=ENV, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ckpt = baseline_dir(load_config("smoke", SYN[:-1] + ["epochs=400"])) / "checkpoint.pt"
+    while not ckpt.is_file() and p.poll() is None:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate()[1]
+    rows.append(("27 Ctrl-C during training (last line)", first_line(err.strip().splitlines()[-1]), str(p.returncode)))
+    r = subprocess.run([sys.executable, "-m", "cmi.notebook", "notebooks/01_train_baseline.ipynb",
+                        str(TMP / "01.ipynb"), "--profile", "smoke", "--set", "epochs=0"], env=ENV, cwd=ROOT,
+                       capture_output=True, text=True)
+    rows.append(("27 a notebook that fails (last line)", first_line(r.stderr.strip().splitlines()[-1]),
+                 str(r.returncode)))
+
+
+def load_dataset_syn():
+    from cmi.config import load_config
+    from cmi.data import load_dataset
+    return load_dataset(load_config("smoke", SYN))
 
 
 def main() -> None:
@@ -153,6 +270,8 @@ def main() -> None:
         "data.name=cifar10")
     cli("7 train_subset above the data (then prints the config)", "config", "--profile", "smoke",
         "dataset=synthetic", "train_subset=99999")
+
+    issue27(cfg, run)
 
     print("| probe | first line the user sees | exit code |\n|---|---|---|")
     for probe, line, code in rows:

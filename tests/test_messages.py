@@ -137,7 +137,7 @@ def test_metrics_without_their_keys_and_a_model_of_another_width_name_the_file(t
     blob["spec"]["width"] = 0.125                    # the recorded width disagrees with the weights
     torch.save(blob, run_dir / "model.pt")
     with pytest.raises(CacheCorrupt, match=r"model.pt' does not hold the network it describes \(RuntimeError: "
-                                           r"Error\(s\) in loading state_dict"):
+                                           r"size mismatch for features.0.weight"):
         train_baseline(cfg, progress=False)
 
 

@@ -262,3 +262,19 @@ def test_a_cached_model_of_another_config_is_refused(tiny_cfg):
     with pytest.raises(CacheCorrupt, match="config.yaml describes another baseline than the folder it is in"):
         train_baseline(other, progress=False)
     assert train_baseline(cfg, progress=False).cached            # its own folder still loads
+
+
+def test_seeds_table_trains_each_seed_once_and_reports_mean_and_sd(tiny_cfg):
+    import statistics
+    from cmi.errors import ConfigError
+    from cmi.train import seeds_table
+    cfg = tiny_cfg.replace({"epochs": 1})
+    rows, summary = seeds_table(cfg, 3, progress=False)
+    accs = [100 * train_baseline(cfg.replace({"seed": s}), progress=False).metrics["test_accuracy"] for s in range(3)]
+    assert [r["seed"] for r in rows] == [0, 1, 2] and [r["test_accuracy"] for r in rows] == accs
+    assert len(set(accs)) > 1                                   # the seed does change the network
+    assert f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f} %" in summary
+    again, _ = seeds_table(cfg, 3, progress=False)
+    assert all(r["cached"] for r in again)
+    with pytest.raises(ConfigError, match="at least 2"):
+        seeds_table(cfg, 1)
