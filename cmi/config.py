@@ -24,7 +24,8 @@ from .errors import ConfigError
 from .names import (AUTHORS_PLANS, CRITERIA, CUTOFFS, DATASET_SIZES, DATASETS, DEVICES, DIRECTIONS, FALLBACKS,
                     FORMULATIONS, HEADS, ALL_MODES, PATHS, PROTOCOLS, REFERENCES, SATURATION_TOL, SCHEDULES, SIGMA_RULES,
                     SMALLEST_LAYER, plan_name, protocol_names)
-from .paths import check_folders
+from .paths import check_folders, configs_dir
+from . import profiles
 from .profiles import coerce, parse_overrides, profile_settings
 
 #: "Keeps accuracy" means within this fraction of the unpruned network's test accuracy, where
@@ -304,11 +305,16 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key} {message}")
 
 
+def available_profiles() -> list[str]:
+    """The profile names in ``configs/`` (or ``CMI_CONFIGS``)."""
+    return profiles.available_profiles(configs_dir())
+
+
 def load_config(profile: str = "smoke", overrides: Mapping[str, Any] | Sequence[str] | None = None) -> Config:
     """Resolve a profile name (a file in ``configs/``) or a path to a YAML file, then overrides.
     A profile may start from another (``extends: quick``) and set only what differs from it."""
     check_folders()
-    cfg = apply_overrides(Config(), profile_settings(profile, SECTIONS))
+    cfg = apply_overrides(Config(), profile_settings(profile, SECTIONS, configs_dir()))
     return apply_overrides(cfg, overrides)
 
 

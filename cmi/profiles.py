@@ -1,6 +1,7 @@
 """Profiles and overrides as text, before they become a :class:`cmi.config.Config`: the YAML files in
-``configs/`` (a profile may ``extends:`` another) and ``key=value`` strings, parsed as YAML, and the
-type check of one value against its field's type hint."""
+``configs/`` (the folder is passed in, :func:`cmi.paths.configs_dir`; a profile may ``extends:`` another),
+``key=value`` strings parsed as YAML, and the type check of one value against its field's type hint.
+Imports nothing of the package but its errors, so that :mod:`cmi.config` depends on leaves only."""
 from __future__ import annotations
 
 import types
@@ -11,29 +12,29 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .errors import ConfigError
-from .paths import configs_dir
 
 
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+def available_profiles(configs: Path) -> list[str]:
+    """The profile names in the folder ``configs``."""
+    return sorted(p.stem for p in configs.glob("*.yaml"))
 
 
-def profile_path(profile: str) -> Path:
+def profile_path(profile: str, configs: Path) -> Path:
     path = Path(profile)
     if path.suffix not in (".yaml", ".yml"):
-        path = configs_dir() / f"{profile}.yaml"
+        path = configs / f"{profile}.yaml"
         if not path.is_file():
-            raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles()} "
+            raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles(configs)} "
                               f"(or pass the path of a YAML file)")
     elif not path.is_file():
         raise ConfigError(f"profile file {str(path)!r} does not exist")
     return path
 
 
-def profile_settings(profile: str, sections, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+def profile_settings(profile: str, sections, configs: Path, chain: tuple[str, ...] = ()) -> dict[str, Any]:
     """A profile's settings as ``{"section.field": value}``, its ``extends`` base's first; ``sections``:
     the names of the config's sections (a mapping under one of them is flattened)."""
-    path = profile_path(profile)
+    path = profile_path(profile, configs)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -47,10 +48,10 @@ def profile_settings(profile: str, sections, chain: tuple[str, ...] = ()) -> dic
     base = raw.pop("extends", None)
     chain = (*chain, str(path.resolve()))
     if base is not None:
-        if not isinstance(base, str) or str(profile_path(base).resolve()) in chain:
+        if not isinstance(base, str) or str(profile_path(base, configs).resolve()) in chain:
             raise ConfigError(f"profile {str(path)!r}: extends must name another profile, without a loop; "
                               f"got {base!r}")
-        flat.update(profile_settings(base, sections, chain))
+        flat.update(profile_settings(base, sections, configs, chain))
     flat["profile"] = raw.pop("profile", path.stem)
     for key, value in raw.items():
         if key in sections:

@@ -3,8 +3,7 @@ import re
 
 import pytest
 
-from cmi.config import Config, load_config
-from cmi.profiles import available_profiles
+from cmi.config import Config, available_profiles, load_config
 from cmi.errors import ConfigError
 from cmi.store import digest
 
