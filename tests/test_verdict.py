@@ -26,7 +26,11 @@ def test_claim_table_answers_from_the_numbers():
     kept = [{"protocol": "paper", "plan": "a", "pruned_pct": 40.0, "fallbacks": 2},
             {"protocol": "paper", "plan": "b", "pruned_pct": 10.0, "fallbacks": 0}]
     sat = [{"sigma_rule": "paper", "layer": "conv1_1", "channels": 16, "mi_all": 0.39, "picks": 2},
-           {"sigma_rule": "paper", "layer": "conv1_2", "channels": 16, "mi_all": 0.39, "picks": None}]
+           {"sigma_rule": "paper", "layer": "conv1_2", "channels": 16, "mi_all": 0.39, "picks": None},
+           {"sigma_rule": "paper", "layer": "conv2_1", "channels": 32, "mi_all": 0.39, "picks": 5},
+           {"sigma_rule": "median", "layer": "conv1_1", "channels": 16, "mi_all": 1.4, "picks": 12},
+           {"sigma_rule": "median", "layer": "conv1_2", "channels": 16, "mi_all": 1.4, "picks": None},
+           {"sigma_rule": "median", "layer": "conv2_1", "channels": 32, "mi_all": 1.4, "picks": None}]
     rows = claim_table(Inputs(summary, verdict, kept, sat, baseline_acc=0.93, max_drop=0.01, criteria=CRITERIA))
     masked = next(r for r in rows if r["file"] == "controls_masked.md")
     assert masked["answer"] == "yes" and masked["paper"].startswith("yes: 1 of 2 plans; best 92.50 % (a")
@@ -40,9 +44,10 @@ def test_claim_table_answers_from_the_numbers():
     assert third["answer"] == "yes" and "remove 10.0–40.0 %" in third["paper"] and "2 layer decisions" in third["paper"]
     ft = next(r for r in rows if r["file"] == "controls_finetuned.md")
     assert ft["answer"] == "yes" and "best 95.00 %" in ft["paper"]
-    s = next(r for r in rows if r["file"] == "controls_saturation.md")
-    assert s["answer"] == "yes" and "1 of 2 layers" in s["paper"] and "2/16, never" in s["paper"]
-    assert len({r["question"] for r in rows}) == len(rows) == 8
+    s, m = [r for r in rows if r["file"] == "controls_saturation.md"]
+    assert s["answer"] == "yes" and "2 of 3 layers" in s["paper"] and "2/16, never, 5/32" in s["paper"]
+    assert m["answer"] == "no" and "1 of 3 layers" in m["paper"]          # one layer of three is not most
+    assert len({r["question"] for r in rows}) == len(rows) == 9
 
 
 def test_verdict_table_keys_hold_the_numbers():
