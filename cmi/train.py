@@ -219,7 +219,8 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
                 model, ds, x_all, y_all, opt, sched, criterion, seed=seed, epoch=epoch, epochs=tcfg.epochs, bs=bs,
                 steps=steps, device=device, augment_images=augment_images, progress=progress, on_step=on_step)
         except KeyboardInterrupt:
-            kept = f"epochs 1-{epoch} are saved in {ckpt_path}; " if ckpt_path and epoch else ""
+            done = "epoch 1 is" if epoch == 1 else f"epochs 1-{epoch} are"
+            kept = f"{done} saved in {ckpt_path}; " if ckpt_path and epoch else ""
             raise Interrupted(f"training stopped in epoch {epoch + 1} of {tcfg.epochs}; {kept}") from None
         if not math.isfinite(train_loss):
             where = f"; the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if ckpt_path and epoch else ""

@@ -165,7 +165,7 @@ def test_ctrl_c_in_training_says_where_it_stopped(tiny_cfg, tmp_path):
     def interrupt(epoch, step, model):
         if epoch == 1 and step == 1:
             raise KeyboardInterrupt
-    with pytest.raises(Interrupted, match=r"training stopped in epoch 2 of 3; epochs 1-1 are saved in .*checkpoint"):
+    with pytest.raises(Interrupted, match=r"training stopped in epoch 2 of 3; epoch 1 is saved in .*checkpoint"):
         fit(build_model(10, 0.0625, "linear"), ds, cfg.train, seed=0, run_dir=tmp_path, progress=False,
             on_step=interrupt)
 
@@ -205,3 +205,19 @@ def test_a_failing_notebook_ends_with_one_error_line(tmp_path, monkeypatch, caps
     assert str(e.value) == ("error: notebooks/01_train_baseline.ipynb, cell 3: ConfigError: train.epochs must be "
                             ">= 1, got 0")
     assert "the whole traceback is in the executed notebook" in capsys.readouterr().err
+
+
+def test_a_cached_evaluation_with_wrong_types_is_recomputed(trained, tiny_cfg, tmp_path):
+    from conftest import make_run
+
+    from cmi.evaluation import controls_budget, evaluate, evaluation_path
+    model, acts, ds = trained
+    run = make_run(tiny_cfg, model, ds, acts, folder=tmp_path)
+    kept = {0: [0, 1]}
+    first = evaluate(run, kept, ("masked",))
+    path = evaluation_path(run, kept, ("masked",), controls_budget(tiny_cfg))
+    for bad in ({**first, "acc_masked": "high"}, {**first, "filters_kept": None}):
+        save_json(bad, path)
+        with pytest.warns(UserWarning, match=r"cached evaluation .* is corrupt .* not a number"):
+            again = evaluate(run, kept, ("masked",))
+        assert again["acc_masked"] == first["acc_masked"] and path.with_name(path.name + ".corrupt").is_file()
