@@ -356,7 +356,8 @@ def seeds_table(cfg: Config, seeds: int, *, progress: bool = True, out=None) -> 
     summary = (f"{cfg.profile} baseline over {seeds} seeds: {statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} % "
                f"(mean ± sd; min {min(acc):.2f}, max {max(acc):.2f})")
     if out is not None:
-        out.table(rows, "01_baseline_seeds", f"Test accuracy (%) of the baseline per training seed; {summary}. "
+        out.table([{k: v for k, v in r.items() if k != "cached"} for r in rows], "01_baseline_seeds",
+                  f"Test accuracy (%) of the baseline per training seed; {summary}. "
                   "The seed draws the initial weights, the held-out split and the augmentation; each row's "
                   "hardware is where it was trained", floatfmt=".2f")
     return rows, summary

@@ -225,7 +225,8 @@ def test_command_line_prints_warnings_as_one_line():
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "cmi", "config", "--profile", "smoke", "dataset=synthetic",
-                        "train_subset=99999", "test_subset=100"], capture_output=True, text=True)
+                        "train_subset=99999", "test_subset=100", "sensitivity_test_images=500"],
+                       capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == ("warning: data.train_subset=99999 is more than the 1488 training images "
                                               "left after val_size=512 of synthetic: using 1488\n"
                                               "warning: controls.sensitivity_test_images=500 is more than the 100 "
