@@ -248,6 +248,7 @@ def test_controls_image_counts_above_the_test_split_are_clamped_with_a_warning()
     ("lr=.inf", "train.lr must be a finite number"),
     ("finetune_lr=.nan", "prune.finetune_lr must be a finite number"),
     ("width=0.0234", "conv1_1 would have 1 filter"),
+    ("device=cuda:x", r"device must be one of .* or 'cuda:N', got 'cuda:x'"),
 ])
 def test_settings_that_used_to_fail_after_training_are_refused_when_the_config_is_read(override, message):
     with pytest.raises(ConfigError, match=message):
