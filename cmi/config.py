@@ -232,30 +232,18 @@ class Config:
         _check(d.val_size < n_train, "data.val_size", f"is {d.val_size}, which leaves no training images "
                                                       f"({d.name} has {n_train})")
         available = n_train - d.val_size
-        clamped = {}
-        for key, n, where in (("train_subset", available, f"training images left after val_size={d.val_size}"),
-                              ("test_subset", n_test, "test images")):
-            v = getattr(d, key)
-            if v is not None and v > n:
-                warnings.warn(f"data.{key}={v} is more than the {n} {where} of {d.name}: using {n}", stacklevel=4)
-                clamped[key] = n
-        cfg = dataclasses.replace(self, data=dataclasses.replace(d, **clamped)) if clamped else self
+        data = _clamped("data", d, {"train_subset": (available, f"training images left after val_size={d.val_size} "
+                                                                f"of {d.name}"),
+                                    "test_subset": (n_test, f"test images of {d.name}")})
+        n_test_used = data.test_subset or n_test
+        controls = _clamped("controls", self.controls, {k: (n_test_used, "test images this config uses")
+                                                         for k in ("test_images", "sensitivity_test_images")})
+        cfg = dataclasses.replace(self, data=data, controls=controls)
         n_used = cfg.data.train_subset or available
-        cfg = cfg._clamp_controls(cfg.data.test_subset or n_test)
         _check(self.cmi.n_samples <= n_used, "cmi.n_samples",
                f"is {self.cmi.n_samples}, more than the {n_used} training images this config uses "
                f"({d.name}, val_size={d.val_size}, train_subset={cfg.data.train_subset})")
         return cfg
-
-    def _clamp_controls(self, n_test: int) -> "Config":
-        c, clamped = self.controls, {}
-        for key in ("test_images", "sensitivity_test_images"):
-            v = getattr(c, key)
-            if v is not None and v > n_test:
-                warnings.warn(f"controls.{key}={v} is more than the {n_test} test images this config uses: "
-                              f"using {n_test}", stacklevel=5)
-                clamped[key] = n_test
-        return dataclasses.replace(self, controls=dataclasses.replace(c, **clamped)) if clamped else self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -298,6 +286,18 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": 
 LATER_FIELDS: dict[str, Any] = {"train.schedule": "cosine", "train.decay_norm": False, "prune.latency_seconds": 0.5}
 TOP_LEVEL = ("profile", "seed", "device")
 ALIASES = {"dataset": "data.name"}
+
+
+def _clamped(name: str, section, limits: dict[str, tuple[int, str]]):
+    """``section`` with each count in ``limits`` ({field: (most, what they are)}) above its most set to
+    it, with a warning naming the field; the same object when nothing is above."""
+    clamped = {}
+    for key, (most, what) in limits.items():
+        v = getattr(section, key)
+        if v is not None and v > most:
+            warnings.warn(f"{name}.{key}={v} is more than the {most} {what}: using {most}", stacklevel=6)
+            clamped[key] = most
+    return dataclasses.replace(section, **clamped) if clamped else section
 
 
 def _check(ok: bool, key: str, message: str) -> None:

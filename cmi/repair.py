@@ -95,22 +95,22 @@ def compensate(model: VGG16, kept: Kept, images: torch.Tensor) -> VGG16:
 
 def _columns(seen: torch.Tensor, reader: nn.Module, rows: torch.Generator) -> torch.Tensor:
     """The reader's input as least-squares rows: the 3x3 patches (im2col order: channel, then tap) at a
-    seeded draw of POSITIONS positions per image (conv), gathered only where drawn; or the pooled vector
-    (linear)."""
+    seeded draw of POSITIONS positions per image (every position of a smaller map), gathered only there
+    (conv); or the pooled vector (linear)."""
     if isinstance(reader, nn.Linear):
         return seen.double()
     n, c, h, w = seen.shape
-    if h * w <= POSITIONS:
-        cols = F.unfold(seen.double(), 3, padding=reader.padding)             # (n, C*9, H*W)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    pick = torch.stack([torch.randperm(h * w, generator=rows)[:POSITIONS] for _ in range(n)])   # (n, P)
+    if h * w <= POSITIONS:                                                     # every position, in order
+        pick = torch.arange(h * w).expand(n, -1)
+    else:
+        pick = torch.stack([torch.randperm(h * w, generator=rows)[:POSITIONS] for _ in range(n)])   # (n, P)
     pad = reader.padding[0]
     taps = torch.arange(3)
     ys = (pick // w)[:, :, None] + taps.repeat_interleave(3)                  # (n, P, 9), row of each tap
     xs = (pick % w)[:, :, None] + taps.repeat(3)
     padded = F.pad(seen, (pad, pad, pad, pad))
     patches = padded[torch.arange(n)[:, None, None], :, ys, xs]              # (n, P, 9, C)
-    return patches.permute(0, 1, 3, 2).reshape(n * POSITIONS, c * 9).double()
+    return patches.permute(0, 1, 3, 2).reshape(n * pick.shape[1], c * 9).double()
 
 
 def _refit(reader: nn.Module, original: nn.Module, have: torch.Tensor, want: torch.Tensor, keep: list[int],
@@ -145,9 +145,10 @@ def reconstruct(model: VGG16, kept: Kept, images: torch.Tensor, seed: int = 0) -
     kept, widths = kept_per_layer(model, kept)
     model = model.cpu().eval()
     out = copy.deepcopy(model)
-    targets, pruned = _layer_inputs(model, images.float()), _pruned(kept, widths)
+    x = images.float()
+    targets, pruned = _layer_inputs(model, x), _pruned(kept, widths)
     readers, originals = _readers(out), _readers(model)
-    for l, seen in enumerate(_reader_inputs(out, images.float())):      # one pass: each layer after its re-fit
+    for l, seen in enumerate(_reader_inputs(out, x)):      # one pass: each layer after its re-fit
         if l in pruned:
             _refit(readers[l], originals[l], seen[:, kept[l]], targets[l], kept[l], seed + 1000 * l)
     return remove_channels(out, kept)

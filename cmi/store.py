@@ -53,10 +53,11 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CmiError) and _disk_full(e, path):
-            raise _write_failed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
-        if isinstance(e, OSError) and not isinstance(e, CmiError) and e.errno in (errno.EACCES, errno.EROFS):
-            raise _write_failed(path, e) from None
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CmiError):
+            if _disk_full(e, path):
+                raise _write_failed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
+            if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS):
+                raise _write_failed(path, e) from None
         raise
     return path
 

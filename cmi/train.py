@@ -124,8 +124,7 @@ def _identity(tcfg: TrainConfig, seed: int) -> dict:
     return {"train": dataclasses.asdict(tcfg), "seed": seed}
 
 
-def _resume(ckpt_path: Path | None, model: nn.Module, opt, sched, history: History, progress: bool,
-            identity: dict) -> int:
+def _resume(ckpt_path: Path | None, model: nn.Module, opt, sched, history: History, identity: dict) -> int:
     """Load the checkpoint at ``ckpt_path``, if there is one, into the model, optimiser, scheduler
     and history; the number of epochs it had finished (0 without one). A checkpoint written with other
     training settings (``identity``) is refused: its optimizer state would bring them back."""
@@ -208,7 +207,7 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
     history = History()
     ckpt_path = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
     identity = _identity(tcfg, seed)
-    start = _resume(ckpt_path, model, opt, sched, history, progress, identity)
+    start = _resume(ckpt_path, model, opt, sched, history, identity)
     x_all, y_all = ds.train_x.to(device), ds.train_y.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
 
