@@ -6,6 +6,8 @@ Commands:
   train    train the baseline (or load it from the cache) and print its test accuracy
   sweep    run every pruning plan of the profile and print the results table
   controls the controls study: other criteria at each plan's counts, layer sensitivity, saturation
+  census   the channel census of the baseline: |γ| and constant channels per layer (notebook 01's tables)
+  repairs  the repair study alone: pruned-A and the best >= 1/3 plans under every repair (notebook 10's)
   estimate say how long `make reproduce` would take with the profile on this machine
 """
 from __future__ import annotations
@@ -21,12 +23,15 @@ from .errors import CmiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["config", "data", "train", "sweep", "controls", "estimate"])
+    parser.add_argument("command", choices=["config", "data", "train", "sweep", "controls", "census", "repairs", "estimate"])
     parser.add_argument("--profile", default="smoke", help="a name in configs/ or a YAML path (default: smoke)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--check-data", action="store_true", help="estimate: also load the dataset (fail early)")
     parser.add_argument("--seeds", type=int, default=0, metavar="K",
                         help="train: the baseline with seeds 0..K-1 (each cached), and their mean ± sd as a table")
+    parser.add_argument("--out", metavar="FOLDER", default=None,
+                        help="train --seeds, controls, census, repairs: write the tables here instead of "
+                             "figures/<profile>-<dataset>[-<hash of the overrides>]/")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. dataset=fashion-mnist train.epochs=3 width=0.5")
     args = parser.parse_intermixed_args(argv)
@@ -51,10 +56,8 @@ def _run(args) -> int:
         from .data import load_dataset
         print(json.dumps(load_dataset(cfg).summary(), indent=2))
     elif args.command == "train" and args.seeds:
-        from .config import parse_overrides
-        from .outputs import Outputs, run_folder
         from .train import seeds_table
-        out = Outputs(cfg, "01_baseline_seeds", run_folder(cfg, parse_overrides(args.overrides)))
+        out = _outputs(cfg, args, "01_baseline_seeds")
         rows, summary = seeds_table(cfg, args.seeds, progress=not args.no_progress, out=out)
         out.finish()
         for r in rows:
@@ -74,16 +77,39 @@ def _run(args) -> int:
             from .data import load_dataset
             load_dataset(cfg)
     elif args.command == "controls":
-        from .config import parse_overrides
         from .study import run_controls
-        from .outputs import Outputs, run_folder
-        out = Outputs(cfg, "controls", run_folder(cfg, parse_overrides(args.overrides)))
+        out = _outputs(cfg, args, "controls")
         tables = run_controls(cfg, progress=not args.no_progress, out=out)
         out.finish()
         for row in tables["verdict"]:
             print(row)
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tables["timings_dict"].items()))
         print(f"tables and figure: {out.folder}/controls_*")
+    elif args.command == "census":
+        from .census import census_report
+        from .plots import census_plot
+        from .run import prepare_run
+        out = _outputs(cfg, args, "01_census")
+        run = prepare_run(cfg, progress=not args.no_progress)
+        s = census_report(run, out)["summary"]
+        out.figure(census_plot(run.model, run.baseline.history, title=f"Channel census of the {cfg.profile} baseline"),
+                   "01_census")
+        out.finish()
+        print(f"{s['constant']} of {s['channels']} channels constant ({s['dead']} dead, {s['constant_positive']} "
+              f"constant > 0); {s['small_gamma']} with |γ| < 0.1·max; removing exactly them: "
+              + ", ".join(f"{k[4:]} {100 * v:.2f} %" for k, v in s.items() if k.startswith("acc_"))
+              + f" (baseline {100 * s['baseline']:.2f} %)")
+        print(f"tables and figure: {out.folder}/01_census*")
+    elif args.command == "repairs":
+        from .repairs_study import repair_report
+        from .run import prepare_run
+        out = _outputs(cfg, args, "10_repairs")
+        tables = repair_report(prepare_run(cfg, progress=not args.no_progress), out, progress=not args.no_progress)
+        out.finish()
+        for row in tables["table"]:
+            print(row)
+        print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tables["timings"].items()))
+        print(f"tables and figure: {out.folder}/10_repair*")
     elif args.command == "sweep":
         from .sweep import run_sweep
         res = run_sweep(cfg, progress=not args.no_progress)
@@ -95,6 +121,16 @@ def _run(args) -> int:
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()))
         print(f"tables: {res.run.tables / 'results.csv'}, {res.run.tables / 'layers.csv'}")
     return 0
+
+
+def _outputs(cfg, args, notebook: str):
+    """Where a command writes its tables: ``--out``, else the run's folder (a hash of the overrides
+    in its name, so runs with other settings never overwrite each other)."""
+    from pathlib import Path
+
+    from .config import parse_overrides
+    from .outputs import Outputs, run_folder
+    return Outputs(cfg, notebook, Path(args.out) if args.out else run_folder(cfg, parse_overrides(args.overrides)))
 
 
 if __name__ == "__main__":

@@ -94,3 +94,26 @@ def test_constant_first_removes_the_constant_channels_first_then_random(trained)
         assert cf.select(ctx, 3, 6, seed=seed) == sorted(j for j in range(8) if j not in (0, 5))
     assert cf.order(ctx, 3, 0) != cf.order(ctx, 3, 1) and cf.seeded
     assert cf.order(ctx, 1, 0) == rnd.order(ctx, 1, 0)          # no constant channel: random
+
+
+def test_census_command_writes_the_census_of_the_cached_baseline_where_told(tmp_path, capsys):
+    """`python -m cmi census --out F`: the tables land in F (not figures/), for the baseline the
+    `train` command cached, and the printed totals are those of the table."""
+    import csv
+
+    from cmi.__main__ import main
+    from cmi.config import load_config
+    from cmi.train import train_baseline
+
+    words = ["dataset=synthetic", "train_subset=256", "test_subset=128", "val_size=64", "width=0.0625",
+             "epochs=1", "batch_size=64", "sensitivity_test_images=128"]
+    base = train_baseline(load_config("smoke", words), progress=False)
+    out = tmp_path / "census"
+    assert main(["census", "--profile", "smoke", "--out", str(out), "--no-progress", *words]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "01_census.csv")))
+    total = list(csv.DictReader(open(out / "01_census_summary.csv")))[0]
+    assert sum(int(r["channels"]) for r in rows) == sum(c.out_channels for c in base.model.convs()) == int(total["channels"])
+    assert float(total["baseline"]) == base.metrics["test_accuracy"]
+    assert printed.startswith(f"{total['constant']} of {total['channels']} channels constant")
+    assert (out / "01_census.png").is_file() and (out / "provenance" / "01_census.json").is_file()
