@@ -1,0 +1,89 @@
+"""Do two figures folders hold the same numbers? ``python -m cmi.compare A B``.
+
+Compares every CSV table present in either folder (``figures/<profile>-<dataset>/*.csv``) cell by
+cell, outside what a rerun may change without changing a result: the timing tables (a name ending in
+``timings``) and timing or machine columns (:data:`VOLATILE`: seconds, minutes, wall time,
+hardware). Used to check that a redesign changed no number: regenerate a profile's tables from a
+clean cache on the machine type that made the committed ones, then compare the two folders. The
+Markdown tables are not compared: they carry the same cells as the CSVs plus a caption naming the
+hardware.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+
+#: Columns a rerun may change without changing a result (case-insensitive search in the header).
+VOLATILE = re.compile(r"second|minute|wall|hardware|timing", re.IGNORECASE)
+
+
+def _read(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return (rows[0], rows[1:]) if rows else ([], [])
+
+
+def compare_tables(a: Path, b: Path) -> dict:
+    """One table in two versions: equal or not outside volatile columns, how many cells differ, the
+    first difference ("row i, column: a != b") and the largest absolute numeric difference."""
+    head_a, rows_a = _read(a)
+    head_b, rows_b = _read(b)
+    out = {"table": a.name, "status": "equal", "cells differing": 0, "first difference": "", "max abs diff": None}
+    if head_a != head_b or len(rows_a) != len(rows_b):
+        out.update(status="differs", **{"first difference": f"shape: {len(rows_a)} rows {head_a} vs "
+                                                              f"{len(rows_b)} rows {head_b}"})
+        return out
+    keep = [i for i, h in enumerate(head_a) if not VOLATILE.search(h)]
+    for r, (ra, rb) in enumerate(zip(rows_a, rows_b)):
+        for i in keep:
+            x, y = ra[i] if i < len(ra) else "", rb[i] if i < len(rb) else ""
+            if x == y:
+                continue
+            out["status"] = "differs"
+            out["cells differing"] += 1
+            if not out["first difference"]:
+                out["first difference"] = f"row {r + 1}, {head_a[i]}: {x} != {y}"
+            try:
+                d = abs(float(x) - float(y))
+                out["max abs diff"] = d if out["max abs diff"] is None else max(out["max abs diff"], d)
+            except ValueError:
+                pass
+    return out
+
+
+def compare_folders(a: Path, b: Path) -> list[dict]:
+    """Every CSV table of either folder (timing tables aside), in name order."""
+    a, b = Path(a), Path(b)
+    for folder in (a, b):
+        if not folder.is_dir():
+            raise SystemExit(f"error: {folder} is not a folder")
+    names = sorted({p.name for p in [*a.glob("*.csv"), *b.glob("*.csv")] if not p.stem.endswith("timings")})
+    rows = []
+    for name in names:
+        if not (a / name).is_file() or not (b / name).is_file():
+            rows.append({"table": name, "status": f"only in {a if (a / name).is_file() else b}",
+                         "cells differing": None, "first difference": "", "max abs diff": None})
+        else:
+            rows.append(compare_tables(a / name, b / name))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cmi.compare", description=__doc__.split("\n")[0])
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    args = p.parse_args(argv)
+    rows = compare_folders(args.a, args.b)
+    for r in rows:
+        extra = f"  {r['cells differing']} cells; {r['first difference']}" if r["status"] == "differs" else ""
+        print(f"{r['status']:>8s}  {r['table']}{extra}")
+    same = sum(r["status"] == "equal" for r in rows)
+    print(f"{same} of {len(rows)} tables equal outside timing and hardware columns")
+    return 0 if same == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

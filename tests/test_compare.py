@@ -1,0 +1,35 @@
+"""`python -m cmi.compare`: two figures folders, equal outside timing and hardware columns or not."""
+from cmi.compare import compare_folders, main
+
+
+def _write(folder, name, text):
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+
+
+def test_timing_and_hardware_columns_and_timing_tables_are_ignored(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, "05_cutoffs.csv", "plan,acc,seconds,hardware\np1,0.91,12.5,x86_64 CPU\np2,0.80,3,x86_64 CPU\n")
+    _write(b, "05_cutoffs.csv", "plan,acc,seconds,hardware\np1,0.91,99.0,AMD EPYC CPU\np2,0.80,4,AMD EPYC CPU\n")
+    _write(a, "04_timings.csv", "part,seconds\nall,1\n")
+    _write(b, "04_timings.csv", "part,seconds\nall,2\n")
+    assert [r["status"] for r in compare_folders(a, b)] == ["equal"]
+    assert main([str(a), str(b)]) == 0
+    assert "1 of 1 tables equal" in capsys.readouterr().out
+
+
+def test_a_changed_number_a_missing_table_and_a_changed_shape_are_reported(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, "07_table1.csv", "plan,acc\np1,0.9100\np2,0.8000\np3,0.5\n")
+    _write(b, "07_table1.csv", "plan,acc\np1,0.9100\np2,0.8125\np3,0.4\n")
+    _write(a, "08_only.csv", "x\n1\n")
+    _write(a, "09_shape.csv", "x\n1\n2\n")
+    _write(b, "09_shape.csv", "x\n1\n")
+    rows = {r["table"]: r for r in compare_folders(a, b)}
+    t = rows["07_table1.csv"]
+    assert (t["status"], t["cells differing"], t["first difference"]) == ("differs", 2, "row 2, acc: 0.8000 != 0.8125")
+    assert abs(t["max abs diff"] - 0.1) < 1e-12
+    assert rows["08_only.csv"]["status"] == f"only in {a}"
+    assert rows["09_shape.csv"]["status"] == "differs" and "2 rows" in rows["09_shape.csv"]["first difference"]
+    assert main([str(a), str(b)]) == 1
+    assert "0 of 3 tables equal" in capsys.readouterr().out
