@@ -210,6 +210,7 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
     start = _resume(ckpt_path, model, opt, sched, history, identity)
     x_all, y_all = ds.train_x.to(device), ds.train_y.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+    hardware = hardware_name(device)      # per epoch: a run resumed on another machine type says so
 
     for epoch in range(start, tcfg.epochs):
         t0 = time.perf_counter()
@@ -234,10 +235,11 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
             row["test_acc"] = evaluate(model, ds.test_x, ds.test_y, ds, device=device,
                                        batch_size=tcfg.eval_batch_size)["accuracy"]
         row["seconds"] = time.perf_counter() - t0
+        row["hardware"] = hardware
         history.epochs.append(row)
         if progress:
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                                if k != "small_gamma"), file=sys.stderr)
+                                if k not in ("small_gamma", "hardware")), file=sys.stderr)
         if ckpt_path is not None:
             save_torch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "history": history.epochs, "identity": identity}, ckpt_path)
@@ -329,12 +331,27 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
                "train_seconds": sum(r["seconds"] for r in history.epochs),
                "wall_seconds_this_run": time.perf_counter() - t0, "device": str(device),
-               "hardware": hardware_name(device), "dataset": ds.summary()}
+               "hardware": trained_on(history.epochs, hardware_name(device)), "dataset": ds.summary()}
     model = model.cpu().eval()
     save_torch({"spec": model_spec(model), "state_dict": model.state_dict(), "baseline": run_dir.name}, model_path)
     save_json({"metrics": metrics, "history": history.epochs}, metrics_path)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     return Baseline(model, metrics, history.epochs, run_dir, cached=False)
+
+
+def trained_on(epochs: list[dict], here: str) -> str:
+    """The machine that trained these epochs; when a resumed run spans machines, each with its epochs
+    ("A (epochs 1-30); B (epochs 31-91)"). Epochs recorded without a machine count as ``here``."""
+    spans: list[list] = []
+    for r in epochs:
+        hw = r.get("hardware", here)
+        if spans and spans[-1][0] == hw:
+            spans[-1][2] = r["epoch"]
+        else:
+            spans.append([hw, r["epoch"], r["epoch"]])
+    if len(spans) <= 1:
+        return spans[0][0] if spans else here
+    return "; ".join(f"{hw} (epochs {a}-{b})" if a != b else f"{hw} (epoch {a})" for hw, a, b in spans)
 
 
 def seeds_table(cfg: Config, seeds: int, *, progress: bool = True, out=None) -> tuple[list[dict], str]:

@@ -278,3 +278,12 @@ def test_seeds_table_trains_each_seed_once_and_reports_mean_and_sd(tiny_cfg):
     assert all(r["cached"] for r in again)
     with pytest.raises(ConfigError, match="at least 2"):
         seeds_table(cfg, 1)
+
+
+def test_a_run_resumed_on_another_machine_says_which_trained_which_epochs():
+    from cmi.train import trained_on
+    eps = [{"epoch": 1, "hardware": "A"}, {"epoch": 2, "hardware": "A"}, {"epoch": 3, "hardware": "B"}]
+    assert trained_on(eps, "B") == "A (epochs 1-2); B (epoch 3)"
+    assert trained_on(eps[:2], "B") == "A"
+    assert trained_on([{"epoch": 1}, {"epoch": 2, "hardware": "B"}], "B") == "B"   # older checkpoints: here
+    assert trained_on([], "C") == "C"
