@@ -146,3 +146,34 @@ def test_the_refit_rows_are_the_im2col_columns_at_the_drawn_positions():
     pick = torch.stack([torch.randperm(256, generator=draw)[:repair.POSITIONS] for _ in range(5)])
     want = cols.gather(2, pick[:, None, :].expand(-1, 27, -1)).transpose(1, 2).reshape(-1, 27)
     assert got.shape == (5 * repair.POSITIONS, 27) and torch.equal(got, want)
+
+
+def test_pruned_a_halves_conv1_1_and_conv4_1_to_conv5_3():
+    from cmi.models import LAYER_NAMES
+    from cmi.repairs_study import pruned_a_counts
+    full = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    counts = pruned_a_counts(full)
+    assert sum(full) - sum(counts) == 1568 and round(100 * 1568 / 4224, 1) == 37.1    # Li et al.'s pruned-A
+    assert [n for n, a, b in zip(LAYER_NAMES, full, counts) if a != b] == ["conv1_1", "conv4_1", "conv4_2", "conv4_3",
+                                                                          "conv5_1", "conv5_2", "conv5_3"]
+
+
+def test_the_whole_test_split_scores_pruned_a_as_removing_the_channels_by_hand_does(trained, tiny_cfg):
+    """The full-test rows of the repair study: 'removed' equals Torch-Pruning's removal evaluated on
+    every test image, computed here without the evaluation registry."""
+    import dataclasses
+
+    from cmi.criteria import kept_at_counts
+    from cmi.evaluation import controls_budget
+    from cmi.repairs_study import FULL_TEST_MODES, _evaluate_layout, pruned_a_counts
+    from cmi.train import evaluate as test_accuracy
+
+    model, acts, ds = trained
+    run = make_run(tiny_cfg, model, ds, acts)
+    counts = pruned_a_counts(acts.widths)
+    whole = dataclasses.replace(controls_budget(tiny_cfg), test_images=None, recal_images=48)
+    rows = _evaluate_layout(run, "pruned-A", counts, ["l1"], None, FULL_TEST_MODES, whole)
+    kept = kept_at_counts(run.context, "l1", counts, None, 0)
+    by_hand = test_accuracy(remove_channels(model, kept), ds.test_x, ds.test_y, ds)["accuracy"]
+    assert len(rows) == 1 and rows[0]["acc_removed"] == by_hand
+    assert set(k for k in rows[0] if k.startswith("acc_")) == {f"acc_{m}" for m in FULL_TEST_MODES}
