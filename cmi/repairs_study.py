@@ -117,7 +117,7 @@ def repair_report(run: Run, out=None, progress: bool = True) -> dict:
     timings["pruned-A on the whole test split"] = time.perf_counter() - t0
     summary = summarize(rows)
     tables = {"curves": curves, "rows": rows, "summary": summary, "table": repair_table(summary),
-              "full_test": repair_table(summarize(full), FULL_TEST_MODES),
+              "full_test": repair_table(summarize(full), FULL_TEST_MODES), "full_test_summary": summarize(full),
               "cost": repair_cost(rows + curves, cfg.controls.recal_images), "timings": timings}
     if out is not None:
         _write(run, tables, out)

@@ -250,6 +250,25 @@ def repaired_order_row(x: Inputs):
             "on every layout?", "10_repairs.md", cells)
 
 
+def fixed_layout_row(x: Inputs):
+    """Pruned-A on the whole test split: does some repair keep it within the drop, with whose channels?"""
+    summary = (x.repairs or {}).get("full_test_summary", [])
+    by = {r["criterion"]: r for r in summary}
+    if "cmi" not in by:
+        return ("", "", {})
+    modes = [m for m in REPAIRED if by["cmi"].get(f"{m}_mean") is not None]
+    m = max(modes, key=lambda m: by["cmi"][f"{m}_mean"])
+    within = [c for c, r in by.items() if x.within(r[f"{m}_mean"])]
+    text = (f"{m}: " + ", ".join(f"{c} {_pct(r[f'{m}_mean'])}" + (f" ± {100 * r[f'{m}_sd']:.2f}" if r["seeds"] > 1 else "")
+                                 for c, r in by.items())
+            + f"; within the drop: {', '.join(within) or 'none'}; {by['cmi']['filters_total'] - by['cmi']['filters_kept']}"
+            f"/{by['cmi']['filters_total']} filters removed")
+    return (f"Does a fixed layout removing ≥ 1/3 (Li et al.'s pruned-A) stay within {100 * x.max_drop:g} pp under a "
+            "repair without a gradient step, on the whole test split, and with which criteria's channels?",
+            "10_pruned_a_full_test.md", {p: (bool(within), text if i == 0 else "the same layout")
+                                         for i, p in enumerate(x.protocols)})
+
+
 def claim_table(x: Inputs) -> list[dict]:
     """One row per question: {question, answer, <protocol>: short answer with its numbers, ..., file};
     ``answer`` is "yes" when any protocol's answer is. Rows without numbers are left out."""
@@ -257,7 +276,7 @@ def claim_table(x: Inputs) -> list[dict]:
     questions = [masked_row(x), recalibrated_row(x), *order_rows(x), third_row(x),
                  *([ablation_row(x)] if x.ablation else []), finetuned_row(x), *saturation_rows(x),
                  *census, trivial_criteria_row(x),
-                 *([repaired_third_row(x), repaired_order_row(x)] if x.repairs else [])]
+                 *([repaired_third_row(x), repaired_order_row(x), fixed_layout_row(x)] if x.repairs else [])]
     return [{"question": q, "answer": "yes" if any(ok for ok, _ in cells.values()) else "no",
              **{p: (f"{'yes' if cells[p][0] else 'no'}: {cells[p][1]}" if p in cells else "") for p in x.protocols},
              "file": file} for q, file, cells in questions if cells]
