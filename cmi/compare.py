@@ -59,7 +59,7 @@ def compare_folders(a: Path, b: Path) -> list[dict]:
     a, b = Path(a), Path(b)
     for folder in (a, b):
         if not folder.is_dir():
-            raise SystemExit(f"error: {folder} is not a folder")
+            raise NotADirectoryError(f"{folder} is not a folder")
     names = sorted({p.name for p in [*a.glob("*.csv"), *b.glob("*.csv")] if not p.stem.endswith("timings")})
     rows = []
     for name in names:
@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
     args = p.parse_args(argv)
-    rows = compare_folders(args.a, args.b)
+    try:
+        rows = compare_folders(args.a, args.b)
+    except NotADirectoryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for r in rows:
         extra = f"  {r['cells differing']} cells; {r['first difference']}" if r["status"] == "differs" else ""
         print(f"{r['status']:>8s}  {r['table']}{extra}")

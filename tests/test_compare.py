@@ -33,3 +33,8 @@ def test_a_changed_number_a_missing_table_and_a_changed_shape_are_reported(tmp_p
     assert rows["09_shape.csv"]["status"] == "differs" and "2 rows" in rows["09_shape.csv"]["first difference"]
     assert main([str(a), str(b)]) == 1
     assert "0 of 3 tables equal" in capsys.readouterr().out
+
+
+def test_a_missing_folder_is_one_error_line(tmp_path, capsys):
+    assert main([str(tmp_path), str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'} is not a folder\n"
