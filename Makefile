@@ -3,6 +3,9 @@
 #                  PROFILE=paper|medium|quick|smoke, DATASET=cifar10|fashion-mnist (default: the profile's),
 #                  SET="train.epochs=3 cmi.n_samples=64" for any other config field
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
+# make verify      a fresh clone of HEAD runs `make reproduce` (PROFILE, DATASET, SET) from an empty cache in
+#                  VERIFY_DIR, then every table is compared with the committed one outside timing and hardware
+#                  columns (cmi.compare): run it on the machine type that made the committed tables
 # make controls    the controls study (both protocols, criteria at equal counts, sensitivity, saturation): PROFILE, DATASET, SET
 # make lab         JupyterLab on notebooks/
 # make strip       strip committed notebooks of outputs (except NBVAL_CHECK_OUTPUT cells) and volatile metadata
@@ -16,6 +19,7 @@ PY := $(VENV)/bin/python
 # The tested releases; pyproject.toml declares a compatible range.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PROFILE ?= quick
+VERIFY_DIR ?= /tmp/cmi-verify
 DATASET ?=
 SET ?=
 OVERRIDES := $(if $(DATASET),dataset=$(DATASET)) $(SET)
@@ -26,7 +30,7 @@ BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
 PAPERMILL := TQDM_MININTERVAL=30 $(PY) -m cmi.notebook --profile $(PROFILE) \
 	$(if $(DATASET),--dataset $(DATASET)) $(if $(SET),--set "$(SET)")
 
-.PHONY: env test reproduce controls smoke lab strip readme clean distclean
+.PHONY: env test reproduce controls smoke verify lab strip readme clean distclean
 
 env: $(VENV)/.installed
 
@@ -51,6 +55,16 @@ controls: env
 
 smoke:
 	$(MAKE) reproduce PROFILE=smoke
+
+# The clone runs on this checkout's environment, importing its own package (PYTHONPATH) and caching in its own
+# artifacts/; the comparison reads the whole figures/ trees, of which only the profile's folder was rewritten.
+verify: env
+	rm -rf $(VERIFY_DIR) && git clone -q . $(VERIFY_DIR) && mkdir -p $(VERIFY_DIR)/$(BUILD)
+	cd $(VERIFY_DIR) && export PYTHONPATH=$(VERIFY_DIR) CMI_ARTIFACTS=$(VERIFY_DIR)/artifacts && \
+		$(abspath $(PY)) -m cmi estimate --check-data --profile $(PROFILE) $(OVERRIDES) && \
+		TQDM_MININTERVAL=30 $(abspath $(PY)) -m cmi.notebook --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) \
+		$(if $(SET),--set "$(SET)") $(NOTEBOOKS) $(BUILD)/
+	$(PY) -m cmi.compare figures $(VERIFY_DIR)/figures
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/

@@ -1,10 +1,11 @@
 """Do two figures folders hold the same numbers? ``python -m cmi.compare A B``.
 
-Compares every CSV table present in either folder (``figures/<profile>-<dataset>/*.csv``) cell by
-cell, outside what a rerun may change without changing a result: the timing tables (a name ending in
+Compares every CSV table present in either folder or its subfolders (``figures/``, or one run's
+``figures/<profile>-<dataset>/``) cell by cell, outside what a rerun may change without changing a result: the timing tables (a name ending in
 ``timings``) and timing or machine columns (:data:`VOLATILE`: seconds, minutes, wall time,
 hardware). Used to check that a redesign changed no number: regenerate a profile's tables from a
-clean cache on the machine type that made the committed ones, then compare the two folders. The
+clean cache on the machine type that made the committed ones, then compare the two folders
+(``make verify`` does all three in a fresh clone). The
 Markdown tables are not compared: they carry the same cells as the CSVs plus a caption naming the
 hardware.
 """
@@ -55,19 +56,20 @@ def compare_tables(a: Path, b: Path) -> dict:
 
 
 def compare_folders(a: Path, b: Path) -> list[dict]:
-    """Every CSV table of either folder (timing tables aside), in name order."""
+    """Every CSV table of either folder and its subfolders (timing tables aside), by relative path."""
     a, b = Path(a), Path(b)
     for folder in (a, b):
         if not folder.is_dir():
             raise NotADirectoryError(f"{folder} is not a folder")
-    names = sorted({p.name for p in [*a.glob("*.csv"), *b.glob("*.csv")] if not p.stem.endswith("timings")})
+    names = sorted({str(p.relative_to(root)) for root in (a, b) for p in root.rglob("*.csv")
+                    if not p.stem.endswith("timings")})
     rows = []
     for name in names:
         if not (a / name).is_file() or not (b / name).is_file():
             rows.append({"table": name, "status": f"only in {a if (a / name).is_file() else b}",
                          "cells differing": None, "first difference": "", "max abs diff": None})
         else:
-            rows.append(compare_tables(a / name, b / name))
+            rows.append(dict(compare_tables(a / name, b / name), table=name))
     return rows
 
 

@@ -38,3 +38,14 @@ def test_a_changed_number_a_missing_table_and_a_changed_shape_are_reported(tmp_p
 def test_a_missing_folder_is_one_error_line(tmp_path, capsys):
     assert main([str(tmp_path), str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'} is not a folder\n"
+
+
+def test_subfolders_are_compared_by_their_relative_paths(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, acc in ((a, "0.5"), (b, "0.6")):
+        (root / "quick-x").mkdir(parents=True)
+        (root / "quick-x" / "t.csv").write_text(f"acc\n{acc}\n")
+        (root / "medium-x").mkdir()
+        (root / "medium-x" / "t.csv").write_text("acc\n0.7\n")
+    rows = {r["table"]: r["status"] for r in compare_folders(a, b)}
+    assert rows == {"medium-x/t.csv": "equal", "quick-x/t.csv": "differs"}
