@@ -57,14 +57,16 @@ smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
 # The clone runs on this checkout's environment, importing its own package (PYTHONPATH) and caching in its own
-# artifacts/; the comparison reads the whole figures/ trees, of which only the profile's folder was rewritten.
+# artifacts/; the comparison reads the whole figures/ tree as committed and as rewritten (only the profile's folder).
 verify: env
 	rm -rf $(VERIFY_DIR) && git clone -q . $(VERIFY_DIR) && mkdir -p $(VERIFY_DIR)/$(BUILD)
 	cd $(VERIFY_DIR) && export PYTHONPATH=$(VERIFY_DIR) CMI_ARTIFACTS=$(VERIFY_DIR)/artifacts && \
 		$(abspath $(PY)) -m cmi estimate --check-data --profile $(PROFILE) $(OVERRIDES) && \
 		TQDM_MININTERVAL=30 $(abspath $(PY)) -m cmi.notebook --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) \
 		$(if $(SET),--set "$(SET)") $(NOTEBOOKS) $(BUILD)/
-	$(PY) -m cmi.compare figures $(VERIFY_DIR)/figures
+	rm -rf $(VERIFY_DIR)/build/committed && mkdir -p $(VERIFY_DIR)/build/committed
+	git -C $(VERIFY_DIR) archive HEAD figures | tar -x -C $(VERIFY_DIR)/build/committed
+	$(PY) -m cmi.compare $(VERIFY_DIR)/build/committed/figures $(VERIFY_DIR)/figures
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/

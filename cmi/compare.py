@@ -2,7 +2,7 @@
 
 Compares every CSV table present in either folder or its subfolders (``figures/``, or one run's
 ``figures/<profile>-<dataset>/``) cell by cell, outside what a rerun may change without changing a result: the timing tables (a name ending in
-``timings``) and timing or machine columns (:data:`VOLATILE`: seconds, minutes, wall time,
+``timings``) and timing or machine columns (:data:`VOLATILE`: seconds, minutes, wall time, latency,
 hardware). Used to check that a redesign changed no number: regenerate a profile's tables from a
 clean cache on the machine type that made the committed ones, then compare the two folders
 (``make verify`` does all three in a fresh clone). The
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 #: Columns a rerun may change without changing a result (case-insensitive search in the header).
-VOLATILE = re.compile(r"second|minute|wall|hardware|timing", re.IGNORECASE)
+VOLATILE = re.compile(r"second|minute|wall|hardware|timing|latency", re.IGNORECASE)
 
 
 def _read(path: Path) -> tuple[list[str], list[list[str]]]:

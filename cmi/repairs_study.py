@@ -136,7 +136,7 @@ def repair_cost(rows: list[dict], calibration_images: int) -> list[dict]:
         out.append({"mode": m, "calibration images": calibration_images if m in CALIBRATED else 0,
                     "evaluations": len(secs), "mean seconds": statistics.fmean(secs) if secs else None,
                     "max seconds": max(secs, default=None),
-                    "mean extra over removed": statistics.fmean(extra) if extra and m != "removed" else None})
+                    "mean extra seconds over removed": statistics.fmean(extra) if extra and m != "removed" else None})
     return out
 
 

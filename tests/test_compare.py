@@ -9,8 +9,8 @@ def _write(folder, name, text):
 
 def test_timing_and_hardware_columns_and_timing_tables_are_ignored(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    _write(a, "05_cutoffs.csv", "plan,acc,seconds,hardware\np1,0.91,12.5,x86_64 CPU\np2,0.80,3,x86_64 CPU\n")
-    _write(b, "05_cutoffs.csv", "plan,acc,seconds,hardware\np1,0.91,99.0,AMD EPYC CPU\np2,0.80,4,AMD EPYC CPU\n")
+    _write(a, "05_cutoffs.csv", "plan,acc,seconds,hardware,latency_b1_ms\np1,0.91,12.5,x86_64 CPU,0.6\np2,0.80,3,x86_64 CPU,0.6\n")
+    _write(b, "05_cutoffs.csv", "plan,acc,seconds,hardware,latency_b1_ms\np1,0.91,99.0,AMD EPYC CPU,0.7\np2,0.80,4,AMD EPYC CPU,0.5\n")
     _write(a, "04_timings.csv", "part,seconds\nall,1\n")
     _write(b, "04_timings.csv", "part,seconds\nall,2\n")
     assert [r["status"] for r in compare_folders(a, b)] == ["equal"]
