@@ -3,7 +3,7 @@
 #                  PROFILE=paper|medium|quick|smoke, DATASET=cifar10|fashion-mnist (default: the profile's),
 #                  SET="train.epochs=3 cmi.n_samples=64" for any other config field
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
-# make verify      a fresh clone of HEAD runs `make reproduce` (PROFILE, DATASET, SET) from an empty cache in
+# make verify      a fresh clone of HEAD runs the notebooks of `make reproduce` (PROFILE, DATASET, SET) from an empty cache in
 #                  VERIFY_DIR, then every table is compared with the committed one outside timing and hardware
 #                  columns (cmi.compare): run it on the machine type that made the committed tables
 # make controls    the controls study (both protocols, criteria at equal counts, sensitivity, saturation): PROFILE, DATASET, SET
@@ -56,17 +56,21 @@ controls: env
 smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
-# The clone runs on this checkout's environment, importing its own package (PYTHONPATH) and caching in its own
-# artifacts/; the comparison reads the whole figures/ tree as committed and as rewritten (only the profile's folder).
+# The clone runs the notebooks as `reproduce` does, on this checkout's environment and data, importing its own
+# package (PYTHONPATH) and caching in its own artifacts/. The profile's folder is deleted in the clone first, so a
+# table the run no longer writes shows up as missing; the comparison reads the clone's figures/ as committed
+# (git archive) and as rewritten. Profiles whose figures are not committed (smoke) have nothing to compare.
+VERIFY_ABS = $(abspath $(VERIFY_DIR))
 verify: env
-	rm -rf $(VERIFY_DIR) && git clone -q . $(VERIFY_DIR) && mkdir -p $(VERIFY_DIR)/$(BUILD)
-	cd $(VERIFY_DIR) && export PYTHONPATH=$(VERIFY_DIR) CMI_ARTIFACTS=$(VERIFY_DIR)/artifacts && \
+	rm -rf $(VERIFY_ABS) && git clone -q . $(VERIFY_ABS) && mkdir -p $(VERIFY_ABS)/$(BUILD) $(VERIFY_ABS)/build/committed
+	git -C $(VERIFY_ABS) archive HEAD figures | tar -x -C $(VERIFY_ABS)/build/committed
+	cd $(VERIFY_ABS) && unset CMI_FIGURES CMI_CONFIGS && export PYTHONPATH=$(VERIFY_ABS) \
+		CMI_ARTIFACTS=$(VERIFY_ABS)/artifacts $(if $(wildcard data),CMI_DATA=$${CMI_DATA:-$(CURDIR)/data}) && \
+		rm -rf "$$($(abspath $(PY)) -m cmi.compare --run-folder $(PROFILE) $(OVERRIDES))" && \
 		$(abspath $(PY)) -m cmi estimate --check-data --profile $(PROFILE) $(OVERRIDES) && \
 		TQDM_MININTERVAL=30 $(abspath $(PY)) -m cmi.notebook --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) \
 		$(if $(SET),--set "$(SET)") $(NOTEBOOKS) $(BUILD)/
-	rm -rf $(VERIFY_DIR)/build/committed && mkdir -p $(VERIFY_DIR)/build/committed
-	git -C $(VERIFY_DIR) archive HEAD figures | tar -x -C $(VERIFY_DIR)/build/committed
-	$(PY) -m cmi.compare $(VERIFY_DIR)/build/committed/figures $(VERIFY_DIR)/figures
+	$(PY) -m cmi.compare $(VERIFY_ABS)/build/committed/figures $(VERIFY_ABS)/figures
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. dataset=fashion-mnist train.epochs=3 width=0.5")
     args = parser.parse_intermixed_args(argv)
+    if args.out is not None and not (args.command in ("controls", "census", "repairs") or args.command == "train" and args.seeds):
+        parser.error(f"--out is for train --seeds, controls, census and repairs, not {args.command}")
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"   # one line, no source
     try:
         return _run(args)
@@ -107,6 +109,9 @@ def _run(args) -> int:
         tables = repair_report(prepare_run(cfg, progress=not args.no_progress), out, progress=not args.no_progress)
         out.finish()
         for row in tables["table"]:
+            print(row)
+        print("pruned-A on the whole test split:")
+        for row in tables["full_test"]:
             print(row)
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tables["timings"].items()))
         print(f"tables and figure: {out.folder}/10_repair*")

@@ -339,18 +339,22 @@ def train_baseline(cfg: Config, *, progress: bool = True, ds: Dataset | None = N
     return Baseline(model, metrics, history.epochs, run_dir, cached=False)
 
 
+UNRECORDED = "machine not recorded"
+
+
 def trained_on(epochs: list[dict], here: str) -> str:
     """The machine that trained these epochs; when a resumed run spans machines, each with its epochs
-    ("A (epochs 1-30); B (epochs 31-91)"). Epochs recorded without a machine count as ``here``."""
+    ("A (epochs 1-30); B (epochs 31-91)"). Epochs from a checkpoint written before machines were recorded
+    count as "machine not recorded" when the run spans more than one."""
     spans: list[list] = []
     for r in epochs:
-        hw = r.get("hardware", here)
+        hw = r.get("hardware", UNRECORDED)
         if spans and spans[-1][0] == hw:
             spans[-1][2] = r["epoch"]
         else:
             spans.append([hw, r["epoch"], r["epoch"]])
     if len(spans) <= 1:
-        return spans[0][0] if spans else here
+        return here if not spans or spans[0][0] == UNRECORDED else spans[0][0]
     return "; ".join(f"{hw} (epochs {a}-{b})" if a != b else f"{hw} (epoch {a})" for hw, a, b in spans)
 
 

@@ -39,7 +39,8 @@ class Inputs:
     #: filters it removes and how many of them are constant channels
     census: dict | None = None
     constant_removed: dict[tuple[str, str], tuple[int, int]] | None = None
-    #: the repair study (:func:`cmi.repairs_study.repair_report`): its ``curves`` and ``summary`` rows
+    #: the repair study (:func:`cmi.repairs_study.repair_report`): its ``curves``, ``summary`` and
+    #: ``full_test_summary`` rows
     repairs: dict | None = None
 
     @property
@@ -257,6 +258,8 @@ def fixed_layout_row(x: Inputs):
     if "cmi" not in by:
         return ("", "", {})
     modes = [m for m in REPAIRED if by["cmi"].get(f"{m}_mean") is not None]
+    if not modes:
+        return ("", "", {})
     m = max(modes, key=lambda m: by["cmi"][f"{m}_mean"])
     within = [c for c, r in by.items() if x.within(r[f"{m}_mean"])]
     text = (f"{m}: " + ", ".join(f"{c} {_pct(r[f'{m}_mean'])}" + (f" ± {100 * r[f'{m}_sd']:.2f}" if r["seeds"] > 1 else "")

@@ -49,3 +49,26 @@ def test_subfolders_are_compared_by_their_relative_paths(tmp_path):
         (root / "medium-x" / "t.csv").write_text("acc\n0.7\n")
     rows = {r["table"]: r["status"] for r in compare_folders(a, b)}
     assert rows == {"medium-x/t.csv": "equal", "quick-x/t.csv": "differs"}
+
+
+def test_a_renamed_timing_column_is_no_difference_and_empty_folders_are_an_error(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write(a, "t.csv", "mode,acc,mean extra over removed\nx,0.5,1.0\n")
+    _write(b, "t.csv", "mode,acc,mean extra seconds over removed\nx,0.5,2.0\n")
+    # the unnamed timing column still counts: its header is not volatile
+    assert compare_folders(a, b)[0]["status"] == "differs"
+    _write(b, "t.csv", "mode,acc,seconds\nx,0.5,2.0\n")
+    _write(a, "t.csv", "mode,acc,wall seconds\nx,0.5,1.0\n")
+    assert compare_folders(a, b)[0]["status"] == "equal"
+    e1, e2 = tmp_path / "e1", tmp_path / "e2"
+    e1.mkdir(), e2.mkdir()
+    assert main([str(e1), str(e2)]) == 1 and "no CSV table" in capsys.readouterr().err
+
+
+def test_run_folder_names_the_profiles_folder_with_the_overrides_hash(capsys):
+    from cmi.config import load_config
+    from cmi.outputs import figures_dir
+    assert main(["--run-folder", "quick"]) == 0
+    assert capsys.readouterr().out.strip() == str(figures_dir(load_config("quick")))
+    assert main(["--run-folder", "quick", "train.epochs=3"]) == 0
+    assert capsys.readouterr().out.strip().startswith(str(figures_dir(load_config("quick"))) + "-")

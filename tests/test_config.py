@@ -276,3 +276,11 @@ def test_an_empty_profile_file_is_refused(tmp_path):
         (tmp_path / "empty.yaml").write_text(text)
         with pytest.raises(ConfigError, match="empty.yaml' is empty"):
             load_config(str(tmp_path / "empty.yaml"))
+
+
+def test_out_is_refused_where_a_command_writes_no_tables(capsys):
+    import pytest
+    from cmi.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--profile", "smoke", "--out", "/tmp/x"])
+    assert e.value.code == 2 and "--out is for train --seeds, controls, census and repairs, not sweep" in capsys.readouterr().err

@@ -158,22 +158,29 @@ def test_pruned_a_halves_conv1_1_and_conv4_1_to_conv5_3():
                                                                           "conv5_1", "conv5_2", "conv5_3"]
 
 
-def test_the_whole_test_split_scores_pruned_a_as_removing_the_channels_by_hand_does(trained, tiny_cfg):
-    """The full-test rows of the repair study: 'removed' equals Torch-Pruning's removal evaluated on
-    every test image, computed here without the evaluation registry."""
+def test_the_whole_test_split_scores_pruned_a_as_removing_the_channels_by_hand_does(trained):
+    """The full-test rows of the repair study, with controls scored on 40 of the 128 test images:
+    'removed' equals Torch-Pruning's removal evaluated on every test image, computed here without
+    the evaluation registry, and not what the 40-image draw gives."""
     import dataclasses
 
+    from cmi.config import load_config
     from cmi.criteria import kept_at_counts
     from cmi.evaluation import controls_budget
     from cmi.repairs_study import FULL_TEST_MODES, _evaluate_layout, pruned_a_counts
     from cmi.train import evaluate as test_accuracy
 
     model, acts, ds = trained
-    run = make_run(tiny_cfg, model, ds, acts)
+    cfg = load_config("smoke", {"dataset": "synthetic", "train_subset": 512, "test_subset": 128, "val_size": 128,
+                                "width": 0.0625, "sensitivity_test_images": 128, "controls.test_images": 40})
+    run = make_run(cfg, model, ds, acts)
     counts = pruned_a_counts(acts.widths)
-    whole = dataclasses.replace(controls_budget(tiny_cfg), test_images=None, recal_images=48)
+    whole = dataclasses.replace(controls_budget(cfg), test_images=None, recal_images=48)
     rows = _evaluate_layout(run, "pruned-A", counts, ["l1"], None, FULL_TEST_MODES, whole)
+    drawn = _evaluate_layout(run, "pruned-A", counts, ["l1"], None, FULL_TEST_MODES)
     kept = kept_at_counts(run.context, "l1", counts, None, 0)
     by_hand = test_accuracy(remove_channels(model, kept), ds.test_x, ds.test_y, ds)["accuracy"]
+    assert len(ds.test_y) == 128 and controls_budget(cfg).test_images == 40
     assert len(rows) == 1 and rows[0]["acc_removed"] == by_hand
+    assert round(by_hand * 128) == by_hand * 128 and round(drawn[0]["acc_removed"] * 40, 6) % 1 == 0
     assert set(k for k in rows[0] if k.startswith("acc_")) == {f"acc_{m}" for m in FULL_TEST_MODES}

@@ -285,5 +285,6 @@ def test_a_run_resumed_on_another_machine_says_which_trained_which_epochs():
     eps = [{"epoch": 1, "hardware": "A"}, {"epoch": 2, "hardware": "A"}, {"epoch": 3, "hardware": "B"}]
     assert trained_on(eps, "B") == "A (epochs 1-2); B (epoch 3)"
     assert trained_on(eps[:2], "B") == "A"
-    assert trained_on([{"epoch": 1}, {"epoch": 2, "hardware": "B"}], "B") == "B"   # older checkpoints: here
+    assert trained_on([{"epoch": 1}, {"epoch": 2, "hardware": "B"}], "B") == "machine not recorded (epoch 1); B (epoch 2)"
+    assert trained_on([{"epoch": 1}, {"epoch": 2}], "B") == "B"           # none recorded: where it ended
     assert trained_on([], "C") == "C"

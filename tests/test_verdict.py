@@ -146,16 +146,16 @@ def test_cmi_against_gamma_and_constant_first_in_every_mode():
 
 def test_the_fixed_layout_row_reads_the_whole_test_split_and_names_who_keeps_accuracy():
     """Pruned-A: CMI best under reconstructed (0.925, within 1 pp of 0.93), l1 0.91 (not), random
-    0.92 ± 0.01 over two seeds (mean within)."""
+    0.925 ± 0.014 over two seeds (mean within)."""
     raw = [{"protocol": "pruned-A", "plan": "pruned-A", "criterion": c, "seed": s, "filters_kept": 63,
             "filters_total": 100, "acc_removed": 0.1, "acc_recalibrated": 0.5, "acc_reconstructed": v}
-           for c, vals in {"cmi": [0.925], "l1": [0.91], "random": [0.91, 0.93]}.items() for s, v in enumerate(vals)]
+           for c, vals in {"cmi": [0.925], "l1": [0.91], "random": [0.915, 0.935]}.items() for s, v in enumerate(vals)]
     summary = summarize(raw_rows())
     x = Inputs(summary, verdict_table(summary, CRITERIA), [], [], baseline_acc=0.93, max_drop=0.01,
                criteria=CRITERIA, repairs={"curves": [], "summary": [], "full_test_summary": summarize(raw)})
     row = next(r for r in claim_table(x) if "pruned-A" in r["question"])
     assert row["answer"] == "yes" and row["file"] == "10_pruned_a_full_test.md"
-    assert row["paper"] == ("yes: reconstructed: cmi 92.50 %, l1 91.00 %, random 92.00 % ± 1.41; within the drop: "
+    assert row["paper"] == ("yes: reconstructed: cmi 92.50 %, l1 91.00 %, random 92.50 % ± 1.41; within the drop: "
                             "cmi, random; 37/100 filters removed")
     x.repairs["full_test_summary"] = summarize([dict(r, acc_reconstructed=0.5) for r in raw])
     row = next(r for r in claim_table(x) if "pruned-A" in r["question"])
