@@ -212,37 +212,39 @@ def fit(model: nn.Module, ds: Dataset, tcfg: TrainConfig, *, seed: int, device: 
     criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
     hardware = hardware_name(device)      # per epoch: a run resumed on another machine type says so
 
+    saved = start if ckpt_path is not None else 0          # epochs in the checkpoint on disk
     for epoch in range(start, tcfg.epochs):
-        t0 = time.perf_counter()
-        try:
+        try:        # Ctrl-C anywhere in the epoch, its evaluation or its checkpoint: one line, nothing lost
+            t0 = time.perf_counter()
             train_loss, train_acc = _train_epoch(
                 model, ds, x_all, y_all, opt, sched, criterion, seed=seed, epoch=epoch, epochs=tcfg.epochs, bs=bs,
                 steps=steps, device=device, augment_images=augment_images, progress=progress, on_step=on_step)
+            if not math.isfinite(train_loss):
+                where = f"; the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if ckpt_path and epoch else ""
+                raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} "
+                                       f"(peak lr {tcfg.lr}){where}. Lower train.lr or check the data.")
+            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
+                   "train_acc": train_acc, "small_gamma": small_gamma_fractions(model)}
+            if eval_each_epoch:
+                if len(ds.val_y):
+                    row["val_acc"] = evaluate(model, ds.val_x, ds.val_y, ds, device=device,
+                                              batch_size=tcfg.eval_batch_size)["accuracy"]
+                row["test_acc"] = evaluate(model, ds.test_x, ds.test_y, ds, device=device,
+                                           batch_size=tcfg.eval_batch_size)["accuracy"]
+            row["seconds"] = time.perf_counter() - t0
+            row["hardware"] = hardware
+            history.epochs.append(row)
+            if progress:
+                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                                    if k not in ("small_gamma", "hardware")), file=sys.stderr)
+            if ckpt_path is not None:
+                save_torch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "history": history.epochs, "identity": identity}, ckpt_path)
+                saved = epoch + 1
         except KeyboardInterrupt:
-            done = "epoch 1 is" if epoch == 1 else f"epochs 1-{epoch} are"
-            kept = f"{done} saved in {ckpt_path}; " if ckpt_path and epoch else ""
+            done = "epoch 1 is" if saved == 1 else f"epochs 1-{saved} are"
+            kept = f"{done} saved in {ckpt_path}; " if ckpt_path and saved else ""
             raise Interrupted(f"training stopped in epoch {epoch + 1} of {tcfg.epochs}; {kept}") from None
-        if not math.isfinite(train_loss):
-            where = f"; the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if ckpt_path and epoch else ""
-            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1} "
-                                   f"(peak lr {tcfg.lr}){where}. Lower train.lr or check the data.")
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss, "train_acc": train_acc,
-               "small_gamma": small_gamma_fractions(model)}
-        if eval_each_epoch:
-            if len(ds.val_y):
-                row["val_acc"] = evaluate(model, ds.val_x, ds.val_y, ds, device=device,
-                                          batch_size=tcfg.eval_batch_size)["accuracy"]
-            row["test_acc"] = evaluate(model, ds.test_x, ds.test_y, ds, device=device,
-                                       batch_size=tcfg.eval_batch_size)["accuracy"]
-        row["seconds"] = time.perf_counter() - t0
-        row["hardware"] = hardware
-        history.epochs.append(row)
-        if progress:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                                if k not in ("small_gamma", "hardware")), file=sys.stderr)
-        if ckpt_path is not None:
-            save_torch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "history": history.epochs, "identity": identity}, ckpt_path)
     return history
 
 

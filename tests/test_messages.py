@@ -170,6 +170,25 @@ def test_ctrl_c_in_training_says_where_it_stopped(tiny_cfg, tmp_path):
             on_step=interrupt)
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_names_the_epochs_on_disk(tiny_cfg, tmp_path, monkeypatch):
+    from cmi import train
+    from cmi.data import load_dataset
+    from cmi.models import build_model
+    cfg = tiny_cfg.replace({"epochs": 3})
+    ds = load_dataset(cfg)
+    real, calls = train.save_torch, []
+
+    def save(obj, path):                 # the second checkpoint (epoch 2) is interrupted before it lands
+        calls.append(obj["epoch"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(obj, path)
+    monkeypatch.setattr(train, "save_torch", save)
+    with pytest.raises(Interrupted, match=r"training stopped in epoch 2 of 3; epoch 1 is saved in .*checkpoint"):
+        train.fit(build_model(10, 0.0625, "linear"), ds, cfg.train, seed=0, run_dir=tmp_path, progress=False)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+
 def test_ctrl_c_on_the_command_line_is_one_line_and_the_rerun_resumes(tmp_path):
     args = [sys.executable, "-m", "cmi", "train", "--no-progress", "dataset=synthetic", "width=0.0625", "epochs=40",
             "train_subset=512", "test_subset=128", "val_size=64"]
