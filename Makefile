@@ -27,7 +27,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
 # papermill with the notebooks' parameters and an encrypted kernel connection (cmi/notebook.py).
 # Progress bars refresh every 30 s inside executed notebooks, which store every refresh.
-PAPERMILL := TQDM_MININTERVAL=30 $(PY) -m cmi.notebook --profile $(PROFILE) \
+PAPERMILL := TQDM_MININTERVAL=30 $(abspath $(PY)) -m cmi.notebook --profile $(PROFILE) \
 	$(if $(DATASET),--dataset $(DATASET)) $(if $(SET),--set "$(SET)")
 
 .PHONY: env test reproduce controls smoke verify lab strip readme clean distclean
@@ -68,8 +68,7 @@ verify: env
 		CMI_ARTIFACTS=$(VERIFY_ABS)/artifacts $(if $(wildcard data),CMI_DATA=$${CMI_DATA:-$(CURDIR)/data}) && \
 		rm -rf "$$($(abspath $(PY)) -m cmi.compare --run-folder $(PROFILE) $(OVERRIDES))" && \
 		$(abspath $(PY)) -m cmi estimate --check-data --profile $(PROFILE) $(OVERRIDES) && \
-		TQDM_MININTERVAL=30 $(abspath $(PY)) -m cmi.notebook --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) \
-		$(if $(SET),--set "$(SET)") $(NOTEBOOKS) $(BUILD)/
+		$(PAPERMILL) $(NOTEBOOKS) $(BUILD)/
 	$(PY) -m cmi.compare $(VERIFY_ABS)/build/committed/figures $(VERIFY_ABS)/figures
 
 lab: env

@@ -121,9 +121,9 @@ def repair_report(run: Run, out=None, progress: bool = True) -> dict:
         whole = dataclasses.replace(controls_budget(cfg), test_images=None)
         full = _evaluate_layout(run, "pruned-A", layouts[0][1], criteria, None, FULL_TEST_MODES, whole)
     timings["pruned-A on the whole test split"] = time.perf_counter() - t0
-    summary = summarize(rows)
+    summary, full_summary = summarize(rows), summarize(full)
     tables = {"curves": curves, "rows": rows, "summary": summary, "table": repair_table(summary),
-              "full_test": repair_table(summarize(full), FULL_TEST_MODES), "full_test_summary": summarize(full),
+              "full_test": repair_table(full_summary, FULL_TEST_MODES), "full_test_summary": full_summary,
               "cost": repair_cost(rows + curves, cfg.controls.recal_images), "timings": timings,
               "computed": {"evaluations: every plan, cmi and l1": sum(r["seconds"] for r in curves),
                            "evaluations: layouts x criteria": sum(r["seconds"] for r in rows),
