@@ -7,6 +7,8 @@
 #                  VERIFY_DIR, then every table is compared with the committed one outside timing and hardware
 #                  columns (cmi.compare): run it on the machine type that made the committed tables
 # make controls    the controls study (both protocols, criteria at equal counts, sensitivity, saturation): PROFILE, DATASET, SET
+# make loan-kit    what a lent GPU lacks, into .device/ (git-ignored): Torch-Pruning and pyclustering wheels for its
+#                  Python 3.12, the Fashion-MNIST files; then run `python3 -m cmi.loan --kit .device ...` there (cmi/loan.py)
 # make lab         JupyterLab on notebooks/
 # make strip       strip committed notebooks of outputs (except NBVAL_CHECK_OUTPUT cells) and volatile metadata
 # make env         only create the environment
@@ -30,7 +32,7 @@ BUILD := build/$(PROFILE)$(if $(DATASET),-$(DATASET))
 PAPERMILL := TQDM_MININTERVAL=30 $(abspath $(PY)) -m cmi.notebook --profile $(PROFILE) \
 	$(if $(DATASET),--dataset $(DATASET)) $(if $(SET),--set "$(SET)")
 
-.PHONY: env test reproduce controls smoke verify lab strip readme clean distclean
+.PHONY: env test reproduce controls smoke verify loan-kit lab strip readme clean distclean
 
 env: $(VENV)/.installed
 
@@ -70,6 +72,19 @@ verify: env
 		$(abspath $(PY)) -m cmi estimate --check-data --profile $(PROFILE) $(OVERRIDES) && \
 		$(PAPERMILL) $(NOTEBOOKS) $(BUILD)/
 	$(PY) -m cmi.compare $(VERIFY_ABS)/build/committed/figures $(VERIFY_ABS)/figures
+
+# The device machine has no registry: wheels of the two packages its image lacks, at the versions tested here,
+# for its Python 3.12 (both are pure Python; pyclustering ships only a source archive, so it is built here).
+KIT := .device
+FASHION_FILES := $(wildcard /usr/share/datasets/fashion-mnist/*-ubyte.gz data/FashionMNIST/raw/*-ubyte.gz)
+loan-kit: env
+	rm -rf $(KIT) && mkdir -p $(KIT)/whl $(KIT)/data/FashionMNIST/raw
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d $(KIT)/whl "torch-pruning==$$($(PY) -m pip show torch-pruning | sed -n 's/^Version: //p')"
+	$(PY) -m pip wheel -q --no-deps -w $(KIT)/whl "pyclustering==$$($(PY) -m pip show pyclustering | sed -n 's/^Version: //p')"
+	@test -n "$(FASHION_FILES)" || { echo "no Fashion-MNIST files here: apt-get install dataset-fashion-mnist"; exit 1; }
+	cp $(sort $(FASHION_FILES)) $(KIT)/data/FashionMNIST/raw/
+	@du -sh $(KIT)
 
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/

@@ -31,15 +31,21 @@ def study_plans(run: Run, progress: bool = True) -> list[tuple[str, Plan]]:
             for p in make_plans(run, plan_specs(run.cfg, proto), protocol=proto, progress=progress).plans]
 
 
-def plan_controls(run: Run, plans: list[tuple[str, Plan]], progress: bool = True) -> list[dict]:
-    """One row per protocol x plan x criterion x seed: filters kept and accuracy in every mode."""
+def plan_controls(run: Run, plans: list[tuple[str, Plan]], progress: bool = True, stop=None) -> list[dict]:
+    """One row per protocol x plan x criterion x seed: filters kept and accuracy in every mode.
+    ``stop()``, when given, is asked before each plan's controls; True leaves the remaining plans out
+    (a wall-clock budget), so every plan in the rows has all its criteria and seeds."""
     c = run.cfg.controls
     budget = controls_budget(run.cfg)
     columns = [*MODES, *(m for m in c.modes if m not in MODES)]
     jobs = [(proto, p, crit, seed) for proto, p in plans for crit in c.criteria
             for seed in (range(c.seeds) if get_criterion(crit).seeded else [0])]
-    rows = []
+    rows, started = [], set()
     for proto, p, crit, seed in tqdm(jobs, desc="controls", disable=not progress):
+        if (proto, p.name) not in started:
+            if stop is not None and stop():
+                break
+            started.add((proto, p.name))
         counts = p.keep_counts()
         ev = evaluate(run, kept_at_counts(run.context, crit, counts, p, seed), c.modes, budget)
         if ev["filters_kept"] != sum(counts):
@@ -140,17 +146,23 @@ def kept_counts_table(plans: list[tuple[str, Plan]]) -> list[dict]:
              "fallbacks": sum(d.fallback for d in p.decisions)} for proto, p in plans]
 
 
-def equal_counts_report(run: Run, out=None, progress: bool = True) -> dict:
-    """The controls at equal per-layer counts, both protocols: plans, one row per pruned network, the
-    summary over seeds, the wide per-mode tables, the verdict and the kept counts. Written through
-    ``out`` (an :class:`cmi.outputs.Outputs`) when given. Returns the tables and their timings."""
+def equal_counts_report(run: Run, out=None, progress: bool = True, plans: list[tuple[str, Plan]] | None = None,
+                        stop=None) -> dict:
+    """The controls at equal per-layer counts: plans, one row per pruned network, the summary over seeds,
+    the wide per-mode tables, the verdict and the kept counts. ``plans``: (protocol, plan) pairs, default
+    every plan of both protocols (:func:`study_plans`); ``stop``: as in :func:`plan_controls` (the tables
+    then hold the plans whose controls ran). Written through ``out`` (an :class:`cmi.outputs.Outputs`)
+    when given. Returns the tables and their timings."""
     cfg, timings = run.cfg, {}
+    if plans is None:
+        t0 = time.perf_counter()
+        plans = study_plans(run, progress)
+        timings["plans (both protocols; cached rankings shared)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plans = study_plans(run, progress)
-    timings["plans (both protocols; cached rankings shared)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    raw = plan_controls(run, plans, progress)
+    raw = plan_controls(run, plans, progress, stop)
     timings["controls at equal counts (every mode)"] = time.perf_counter() - t0
+    done = {(r["protocol"], r["plan"]) for r in raw}
+    plans = [(proto, p) for proto, p in plans if (proto, p.name) in done]
     crits = tuple(cfg.controls.criteria)
     summary = summarize(raw)
     tables = {"plans": plans, "kept": kept_counts_table(plans), "raw": raw, "summary": summary,
