@@ -45,7 +45,7 @@ import torch
 
 from .device import hardware_name, resolve_device
 from .models import LAYER_NAMES, layer_widths
-from .entropy import cpu_workers, single_thread
+from .entropy import cpu_workers, eigvalsh
 from .grams import channel_grams, variable_gram
 from .names import SATURATION_TOL
 from .ranking import rank_channels
@@ -69,7 +69,8 @@ def random_layer(n: int, c: int, hw: int, gen: torch.Generator, scale: float = 1
 def eig_floor(features: torch.Tensor, labels: torch.Tensor, count: int, device: torch.device,
               batch: int = 64, sample: int = 2048) -> float:
     """Seconds that ``count`` bare eigvalsh calls take on matrices like the ranking's own: the
-    normalised Gram matrices of single channels and of channel x labels, batched, one thread on CPU.
+    normalised Gram matrices of single channels and of channel x labels, batched (:func:`cmi.entropy.eigvalsh`:
+    one thread on CPU, cuSOLVER's batched solver on CUDA).
     (The spectrum matters: LAPACK deflates the many near-zero eigenvalues of such matrices.)
     At most ``sample`` calls are timed and the time is scaled to ``count``, so that measuring the
     floor of a full VGG16 ranking does not cost as much as the ranking itself."""
@@ -78,16 +79,15 @@ def eig_floor(features: torch.Tensor, labels: torch.Tensor, count: int, device: 
     onehot = torch.nn.functional.one_hot(labels.to(device), int(labels.max()) + 1).double()
     k_y, _ = variable_gram(onehot, "paper", onehot.shape[1], torch.float64)
     mats = torch.cat([k_feat, k_feat * k_y]) / n
-    with single_thread(mats.device):
-        torch.linalg.eigvalsh(mats[:2])
-        sync(device)
-        t0 = time.perf_counter()
-        done, todo = 0, min(count, sample)
-        while done < todo:
-            m = min(len(mats), todo - done)
-            torch.linalg.eigvalsh(mats[:m])
-            done += m
-        sync(device)
+    eigvalsh(mats[:2])          # the ranking's own solver: one thread on CPU, the batched one on CUDA
+    sync(device)
+    t0 = time.perf_counter()
+    done, todo = 0, min(count, sample)
+    while done < todo:
+        m = min(len(mats), todo - done)
+        eigvalsh(mats[:m])
+        done += m
+    sync(device)
     return (time.perf_counter() - t0) * count / todo
 
 
@@ -100,7 +100,6 @@ def sync(device):
 def bench_gpu_solver(device: torch.device, sizes=(64, 128, 256), batch: int = 512) -> None:
     """On CUDA: ``batch`` Gram-like matrices per size through torch.linalg.eigvalsh (one cuSOLVER call per
     matrix above N = 32) and through cmi.gpu_eigh's batched call, same process; ratio and largest difference."""
-    from .entropy import eigvalsh
     print(f"[gpu] eigensolver, {batch} float64 matrices per size: torch.linalg.eigvalsh vs cusolverDnXsyevBatched",
           flush=True)
     gen = torch.Generator().manual_seed(0)

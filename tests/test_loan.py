@@ -17,8 +17,10 @@ def test_study_steps_get_what_is_left_of_the_budget_and_the_overrides_last(tmp_p
     assert "dataset=fashion-mnist" in cmd and cmd[-1] == "width=0.0625"
     (paper,) = loan.commands("paper", tmp_path, 100, py="python3")
     assert "train.epochs=30" in paper and "--profile" in paper and paper[paper.index("--profile") + 1] == "paper"
-    gpu, cpu = loan.commands("bench", tmp_path, 100, py="python3")
+    (gpu,) = loan.commands("bench", tmp_path, 100, py="python3")
+    (cpu,) = loan.commands("bench-cpu", tmp_path, 100, py="python3")
     assert gpu[gpu.index("--device") + 1] == "cuda" and cpu[cpu.index("--device") + 1] == "cpu"
+    assert cpu[cpu.index("--workers") + 1] == str(len(loan.os.sched_getaffinity(0)))
 
 
 def test_run_stops_at_the_budget_and_packs_after_every_step(tmp_path, monkeypatch):
