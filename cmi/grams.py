@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .entropy import eigvalsh, entropy_from_eigenvalues, kernel_width, sq_dists
+from .entropy import _pool, eigvalsh, entropy_from_eigenvalues, kernel_width, single_thread, sq_dists
 
 Tensor = torch.Tensor
 
@@ -71,6 +71,27 @@ class EntropyCounter:
                 out.append(entropy_from_eigenvalues(eigvalsh(a, self.workers), self.alpha))
         out = torch.cat(out)
         return out[0] if single else out
+
+
+    def gathered(self, k: Tensor, idx: Tensor, mult: Tensor) -> Tensor:
+        """``self(k[idx], mult)``, bit for bit: S_α(k[j] ∘ mult / N) for each index j in ``idx``. On a CPU with
+        workers > 1, each worker thread gathers, multiplies and solves its own share of every chunk, so
+        that the products run in parallel with the eigendecompositions instead of before them."""
+        if self.alpha == 2 or k.device.type != "cpu" or self.workers <= 1:
+            return torch.cat([self(k[chunk], mult) for chunk in idx.split(self.chunk)])
+
+        def solve(part: Tensor) -> Tensor:
+            a = k[part].mul_(mult)               # a fresh copy: the product in place, as k[idx] * mult
+            return torch.linalg.eigvalsh(a.div_(a.shape[-1]))
+
+        out = []
+        with single_thread(k.device):
+            for chunk in idx.split(self.chunk):
+                shares = chunk.tensor_split(min(4 * self.workers, len(chunk)))   # small shares balance the threads
+                lam = torch.cat(list(_pool(self.workers).map(solve, shares)))
+                self.count += len(chunk)
+                out.append(entropy_from_eigenvalues(lam, self.alpha))
+        return torch.cat(out)
 
 
 def default_chunk(n: int, budget_bytes: float = 2**28) -> int:

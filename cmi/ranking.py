@@ -300,8 +300,7 @@ def _candidate_entropies(lay: _Layer, remaining: list[int], k_zs: Tensor) -> tup
         h_cand, h_cand_y = (2 * math.log(lay.n) - torch.log(dots)).unbind(1)
         lay.ent.count += 2 * len(remaining)
         return h_cand, h_cand_y
-    parts = [(lay.ent(lay.k_feat[idx], k_zs), lay.ent(lay.k_feat[idx], k_zsy)) for idx in rem.split(lay.ent.chunk)]
-    return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+    return lay.ent.gathered(lay.k_feat, rem, k_zs), lay.ent.gathered(lay.k_feat, rem, k_zsy)
 
 
 def _pick_informations(lay: _Layer, run: _Picks, conditioned: bool, h_cand: Tensor, h_cand_y: Tensor) -> None:

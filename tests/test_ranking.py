@@ -292,3 +292,18 @@ def test_labels_must_be_every_class_or_num_classes_given():
     a = rank_channels(feats, (relabelled == 7).long(), saturation_tol=0)
     b = rank_channels(feats, relabelled, num_classes=8, saturation_tol=0)     # allowed when K is given
     assert a.n_channels == b.n_channels == 8
+
+
+def test_gathered_entropies_equal_the_plain_batch_bit_for_bit():
+    """The worker path (each thread gathers, multiplies and solves its share) against the plain
+    batched call on the gathered products, uneven chunks and shares included."""
+    from cmi.grams import EntropyCounter
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(11, 24, 4, dtype=torch.float64, generator=g)
+    k = torch.exp(-torch.cdist(x, x) ** 2 / 6)                         # 11 unit-diagonal Grams, N = 24
+    mult = torch.exp(-torch.cdist(x[0], x[0]) ** 2 / 9)
+    idx = torch.tensor([9, 2, 7, 3, 10, 0, 5])
+    plain = EntropyCounter(1.01, chunk=3)(k[idx], mult)
+    for workers in (2, 3):
+        ent = EntropyCounter(1.01, chunk=3, workers=workers)
+        assert torch.equal(ent.gathered(k, idx, mult), plain) and ent.count == len(idx)
