@@ -5,7 +5,8 @@
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
 # make verify      a fresh clone of HEAD runs the notebooks of `make reproduce` (PROFILE, DATASET, SET) from an empty cache in
 #                  VERIFY_DIR, then every table is compared with the committed one outside timing and hardware
-#                  columns (cmi.compare): run it on the machine type that made the committed tables
+#                  columns (cmi.compare): run it on the machine type that made the committed tables, or name the
+#                  folder committed for this machine type: VERIFY_AGAINST=figures/quick-fashion-mnist-amd-epyc
 # make controls    the controls study (both protocols, criteria at equal counts, sensitivity, saturation): PROFILE, DATASET, SET
 # make loan-kit    what a lent GPU lacks, into .device/ (git-ignored): Torch-Pruning and pyclustering wheels for its
 #                  Python 3.12, the Fashion-MNIST files; then run `python3 -m cmi.loan --kit .device ...` there (cmi/loan.py)
@@ -22,6 +23,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PROFILE ?= quick
 VERIFY_DIR ?= /tmp/cmi-verify
+VERIFY_AGAINST ?=
 DATASET ?=
 SET ?=
 OVERRIDES := $(if $(DATASET),dataset=$(DATASET)) $(SET)
@@ -71,7 +73,9 @@ verify: env
 		rm -rf "$$($(abspath $(PY)) -m cmi.compare --run-folder $(PROFILE) $(OVERRIDES))" && \
 		$(abspath $(PY)) -m cmi estimate --check-data --profile $(PROFILE) $(OVERRIDES) && \
 		$(PAPERMILL) $(NOTEBOOKS) $(BUILD)/
-	$(PY) -m cmi.compare $(VERIFY_ABS)/build/committed/figures $(VERIFY_ABS)/figures
+	cd $(VERIFY_ABS) && export PYTHONPATH=$(VERIFY_ABS) && $(abspath $(PY)) -m cmi.compare $(if $(VERIFY_AGAINST),\
+		build/committed/$(VERIFY_AGAINST) "$$($(abspath $(PY)) -m cmi.compare --run-folder $(PROFILE) $(OVERRIDES))",\
+		build/committed/figures figures)
 
 # The device machine has no registry: wheels of the two packages its image lacks, at the versions tested here,
 # for its Python 3.12 (both are pure Python; pyclustering ships only a source archive, so it is built here).
