@@ -1,12 +1,14 @@
 # make test        create .venv (tested torch pinned below), run the unit tests and validate the notebooks
-# make reproduce   run the numbered notebooks with papermill; default PROFILE=quick (Fashion-MNIST, ~50 min on 2 cores).
+# make reproduce   run the numbered notebooks with papermill; default PROFILE=quick: Fashion-MNIST,
+#                  ~45 min on 2 cores (AMD EPYC; 50 min on the Intel machines).
 #                  PROFILE=paper|medium|quick|smoke, DATASET=cifar10|fashion-mnist (default: the profile's),
 #                  SET="train.epochs=3 cmi.n_samples=64" for any other config field
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
 # make verify      a fresh clone of HEAD runs the notebooks of `make reproduce` (PROFILE, DATASET, SET) from an empty cache in
 #                  VERIFY_DIR, then every table is compared with the committed one outside timing and hardware
 #                  columns (cmi.compare): run it on the machine type that made the committed tables, or name the
-#                  folder committed for this machine type: VERIFY_AGAINST=figures/quick-fashion-mnist-amd-epyc
+#                  folder committed for this machine type, when the profile's own folder was made on another:
+#                  VERIFY_AGAINST=figures/<folder>
 # make controls    the controls study (both protocols, criteria at equal counts, sensitivity, saturation): PROFILE, DATASET, SET
 # make loan-kit    what a lent GPU lacks, into .device/ (git-ignored): Torch-Pruning and pyclustering wheels for its
 #                  Python 3.12, the Fashion-MNIST files; then run `python3 -m cmi.loan --kit .device ...` there (cmi/loan.py)

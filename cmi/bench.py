@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="quick", help="saturation, scoring: the profile (its network, images)")
     parser.add_argument("--dataset", default=None, help="saturation, scoring: dataset override (e.g. fashion-mnist)")
     parser.add_argument("--start", default="conv2_1", choices=LAYER_NAMES,
-                        help="scoring: the plan's start layer (default conv2_1, quick's per-layer scree plan)")
+                        help="scoring: the plan's start layer (default conv2_1: the start layer of quick's "
+                             "per-layer scree plan in the Intel run that figures/bench/scoring-quick.md measured)")
     parser.add_argument("--tols", nargs="+", type=float, default=[0.0, 1e-2, 1e-3, 1e-4, 1e-6],
                         help="saturation: tolerances compared (0 = exact, the reference; list it first)")
     parser.add_argument("--keep", type=float, default=0.5, help="saturation: fraction of a layer kept")
