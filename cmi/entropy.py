@@ -113,7 +113,8 @@ def cpu_workers() -> int:
 
 
 @lru_cache(maxsize=None)
-def _pool(workers: int) -> ThreadPoolExecutor:
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` threads for batches of eigendecompositions (LAPACK releases the GIL)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="cmi-eigvalsh")
 
 
@@ -136,7 +137,7 @@ def eigvalsh(a: Tensor, workers: int = 1, batched: bool = True) -> Tensor:
         if a.device.type != "cpu" or workers <= 1 or a.ndim != 3 or a.shape[0] < 2:
             return torch.linalg.eigvalsh(a)
         parts = a.tensor_split(min(workers, a.shape[0]))
-        return torch.cat(list(_pool(workers).map(torch.linalg.eigvalsh, parts)))
+        return torch.cat(list(thread_pool(workers).map(torch.linalg.eigvalsh, parts)))
 
 
 def entropy_from_eigenvalues(lam: Tensor, alpha: float, base: float | None = None) -> Tensor:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .entropy import _pool, eigvalsh, entropy_from_eigenvalues, kernel_width, single_thread, sq_dists
+from .entropy import eigvalsh, entropy_from_eigenvalues, kernel_width, single_thread, sq_dists, thread_pool
 
 Tensor = torch.Tensor
 
@@ -72,7 +72,6 @@ class EntropyCounter:
         out = torch.cat(out)
         return out[0] if single else out
 
-
     def gathered(self, k: Tensor, idx: Tensor, mult: Tensor) -> Tensor:
         """``self(k[idx], mult)``, bit for bit: S_α(k[j] ∘ mult / N) for each index j in ``idx``. On a CPU with
         workers > 1, each worker thread gathers, multiplies and solves its own share of every chunk, so
@@ -88,7 +87,7 @@ class EntropyCounter:
         with single_thread(k.device):
             for chunk in idx.split(self.chunk):
                 shares = chunk.tensor_split(min(4 * self.workers, len(chunk)))   # small shares balance the threads
-                lam = torch.cat(list(_pool(self.workers).map(solve, shares)))
+                lam = torch.cat(list(thread_pool(self.workers).map(solve, shares)))
                 self.count += len(chunk)
                 out.append(entropy_from_eigenvalues(lam, self.alpha))
         return torch.cat(out)
