@@ -1,7 +1,7 @@
 # make test        create .venv (tested torch pinned below), run the unit tests and validate the notebooks
 # make reproduce   run the numbered notebooks with papermill; default PROFILE=quick: Fashion-MNIST,
 #                  ~45 min on 2 cores (AMD EPYC; 50 min on the Intel machines).
-#                  PROFILE=paper|medium|quick|smoke, DATASET=cifar10|fashion-mnist (default: the profile's),
+#                  PROFILE=paper|medium|quick|smoke (and paper-|medium-|quick-authors), DATASET=cifar10|fashion-mnist (default: the profile's),
 #                  SET="train.epochs=3 cmi.n_samples=64" for any other config field
 # make smoke       the pipeline at the smoke profile (minutes on a CPU)
 # make verify      a fresh clone of HEAD runs the notebooks of `make reproduce` (PROFILE, DATASET, SET) from an empty cache in
