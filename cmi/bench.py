@@ -1,6 +1,7 @@
 """Benchmarks that print ratios against a reference measured in the same process.
 
-    python -m cmi.bench ranking --alpha 1.01 --skip-reference        # full VGG16, saturation stop, exact on conv1_1;
+    python -m cmi.bench ranking --alpha 1.01 --skip-reference        # full VGG16, saturation stop, exact on
+                                                                     # conv1_1 and conv2_1 (--exact-layers);
                                                                      # one core, then all cores, same process
     python -m cmi.bench ranking --layers conv1_1 conv3_1 --alpha 2
     python -m cmi.bench ranking --skip-vgg           # only engine vs the authors' cost structure

@@ -19,13 +19,11 @@ import statistics
 import torch
 
 from .activations import Activations
-from .models import LAYER_NAMES, VGG16
+from .models import LAYER_NAMES, VGG16, Kept
 from .train import SMALL_GAMMA, small_gamma_fractions
 
 #: A channel is constant when its output's sd is at most this fraction of its layer's largest sd.
 CONSTANT_TOL = 1e-3
-
-Kept = dict[int, list[int]]
 
 
 def constant_channels(maps: torch.Tensor, tol: float = CONSTANT_TOL) -> tuple[list[int], list[int]]:

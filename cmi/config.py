@@ -160,8 +160,10 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class ControlsConfig:
-    """The controls study (:mod:`cmi.controls`): other criteria at each plan's per-layer counts, layer
-    sensitivity curves, and the kernel-width saturation table."""
+    """The controls study (:func:`cmi.study.run_controls`): other criteria at each plan's per-layer counts
+    (:mod:`cmi.controls`), layer sensitivity curves and the kernel-width saturation table
+    (:mod:`cmi.layerwise`), the path ablation (:mod:`cmi.ablation`) and the repairs
+    (:mod:`cmi.repairs_study`)."""
 
     protocols: tuple[str, ...] = PROTOCOLS        #: protocols whose plans get controls
     criteria: tuple[str, ...] = ("cmi", "cmi-median", "l1", "hrank", "random")   #: names in cmi.criteria
@@ -176,7 +178,7 @@ class ControlsConfig:
     sensitivity_recal_images: int = 2000         #: training images that recalibrate BN per sensitivity point
     sigma_rules: tuple[str, ...] = ("paper", "median")   #: kernel-width rules of the saturation table
     saturation_tol: float = 1e-6       #: saturated: CMI_t <= this x I(Y; L), relative
-    #: plans of the path ablation (cmi.controls.path_ablation), e.g. per-layer-scree-bidirectional;
+    #: plans of the path ablation (cmi.ablation.path_ablation), e.g. per-layer-scree-bidirectional;
     #: null: all nine the authors' code defines; [] skips it
     ablation_plans: tuple[str, ...] | None = None
 

@@ -28,7 +28,7 @@ import torch
 
 from .activations import Activations
 from .models import VGG16
-from .names import CRITERIA as NAMES
+from .names import CRITERIA as NAMES, SATURATION_TOL
 from .ranking import Ranking, cached_ranking
 
 
@@ -43,7 +43,7 @@ class Context:
     seed: int = 0
     cache_dir: Path | None = None
     device: object = None
-    saturation_tol: float = 1e-3            #: of the CMI rankings (the run's cmi.saturation_tol)
+    saturation_tol: float = SATURATION_TOL  #: of the CMI rankings (the run's cmi.saturation_tol)
     orders: dict = field(default_factory=dict, repr=False)   #: (criterion, layer, seed) -> order, memo
 
     def order(self, criterion: "Criterion", layer: int, seed: int = 0) -> list[int]:
@@ -63,7 +63,8 @@ class Criterion:
         raise NotImplementedError
 
     def values(self, ctx: Context, layer: int, seed: int = 0) -> torch.Tensor | None:
-        """Each channel's importance (larger: more important), or None when the order has no values."""
+        """Each channel's importance, a (C,) tensor indexed by channel (larger: more important), or None
+        when the order has no values."""
         return None
 
     def select(self, ctx: Context, layer: int, keep: int, decision=None, seed: int = 0) -> list[int]:

@@ -11,8 +11,10 @@ return *keep counts*: keeping k channels means keeping the first k channels of t
   candidate, keep = the number of points before it.
 - Permutation test: the ranking stopped itself; keep = the number of picks it made (the authors'
   convention, which includes the pick whose p-value stopped it).
-Candidates are then scored by held-out accuracy (never test accuracy) and :func:`choose` picks one;
-:func:`choose_within_drop` adds the rule for candidates that all destroy the network.
+Candidates are then scored by the accuracy of the masked network (:mod:`cmi.planner`): on held-out
+training images under the ``paper`` protocol, on test images under ``authors`` (as the authors' code
+did, :data:`cmi.authors.CHOOSE_ON`; its results are labelled "chosen on test data"); :func:`choose`
+picks one and :func:`choose_within_drop` adds the rule for candidates that all destroy the network.
 """
 from __future__ import annotations
 

@@ -194,7 +194,11 @@ def load_cifar10(root: Path, source: Cifar10Source | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """CIFAR-10 from ``root``: the extracted batches, else the archive (checked, then extracted),
     else a download of the archive. Any failure is one :class:`DatasetUnavailable` message.
-    ``source`` (default :func:`cifar10_source`) names the archive, its URL and md5 and its files."""
+    ``source`` (default :func:`cifar10_source`) names the archive, its URL and md5 and its files.
+
+    Returns ``(train_x, train_y, test_x, test_y, classes)``: uint8 images (n_train, 3, 32, 32) and
+    (n_test, 3, 32, 32), int64 labels (n_train,) and (n_test,) in 0..9 (50000 and 10000 in the real
+    archive), and the 10 class names."""
     from torchvision.datasets.utils import check_integrity, download_url
 
     root = Path(root)
@@ -285,7 +289,11 @@ def load_fashion_mnist(root: Path, explicit: bool = False):
     Debian's ``dataset-fashion-mnist``, the default data root; else torchvision's download into
     ``<root>/FashionMNIST/raw/``. ``explicit`` (:func:`load_dataset` passes whether ``CMI_DATA`` or
     ``root`` was given) puts the data root before Debian's copy. A file that is there but unreadable
-    is an error naming it."""
+    is an error naming it.
+
+    Returns ``(train_x, train_y, test_x, test_y, classes)``: uint8 images (n_train, 1, 32, 32) and
+    (n_test, 1, 32, 32) (the 28x28 images zero-padded by 2 on each side), int64 labels (n_train,) and
+    (n_test,) in 0..9 (60000 and 10000 in the original files), and the 10 class names."""
     root = Path(root)
     raw = root / "FashionMNIST" / "raw"
     places = [raw, DEBIAN_FASHION_MNIST] if explicit else [DEBIAN_FASHION_MNIST, raw]
@@ -322,7 +330,10 @@ def load_fashion_mnist(root: Path, explicit: bool = False):
 
 def make_synthetic(root: Path | None = None, n_train: int = 2000, n_test: int = 500, seed: int = 1234):
     """A CIFAR-shaped toy dataset: each of 10 classes is a smooth random colour template; an image
-    is its class template at a random contrast plus pixel noise. Always the same images."""
+    is its class template at a random contrast plus pixel noise. Always the same images (``seed``;
+    ``root`` is unused). Returns ``(train_x, train_y, test_x, test_y, classes)``: uint8 images
+    (n_train, 3, 32, 32) and (n_test, 3, 32, 32), int64 labels (n_train,) and (n_test,) in 0..9, and
+    the names ``class0`` .. ``class9``."""
     g = torch.Generator().manual_seed(seed)
     templates = F.interpolate(torch.rand(10, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear",
                               align_corners=False)

@@ -77,7 +77,10 @@ def normalize(k: Tensor) -> Tensor:
 
 
 def hadamard(*grams: Tensor) -> Tensor:
-    """Elementwise product of Gram matrices, renormalised to unit trace (the joint variable)."""
+    """Elementwise product of Gram matrices, renormalised to unit trace (the joint variable).
+
+    ``grams``: PSD matrices (..., N, N), normalised or not (each is scaled to unit trace first), leading
+    dimensions broadcast; returns the unit-trace product (..., N, N)."""
     if not grams:
         raise ValueError("need at least one Gram matrix")
     out = normalize(grams[0])
@@ -169,20 +172,24 @@ def renyi_entropy(a: Tensor, alpha: float = 1.01, base: float | None = None) -> 
 
 
 def joint_entropy(*grams: Tensor, alpha: float = 1.01, base: float | None = None) -> Tensor:
-    """S_α of several variables together: the entropy of their normalised Hadamard product."""
+    """S_α of several variables together: the entropy of their normalised Hadamard product
+    (:func:`hadamard`). ``grams``: Gram matrices (..., N, N), normalised or not; returns (...), in nats
+    (in bits with ``base=2``)."""
     return renyi_entropy(hadamard(*grams), alpha, base)
 
 
 def mutual_information(a: Tensor, b: Tensor, alpha: float = 1.01, base: float | None = None) -> Tensor:
-    """I(A; B) = S(A) + S(B) - S(A, B) for Gram matrices ``a``, ``b`` (normalised or not)."""
+    """I(A; B) = S(A) + S(B) - S(A, B) for Gram matrices ``a``, ``b`` (..., N, N), normalised or not
+    (each is scaled to unit trace); returns (...), in nats (in bits with ``base=2``)."""
     return (renyi_entropy(normalize(a), alpha, base) + renyi_entropy(normalize(b), alpha, base)
             - joint_entropy(a, b, alpha=alpha, base=base))
 
 
 def conditional_mutual_information(x: Tensor, y: Tensor, z: Tensor | Sequence[Tensor] | None,
                                    alpha: float = 1.01, base: float | None = None) -> Tensor:
-    """I(X; Y | Z) = S(X, Z) + S(Y, Z) - S(X, Y, Z) - S(Z); ``z`` is one Gram matrix, a sequence of
-    them (their joint variable), or None/empty (then it is I(X; Y))."""
+    """I(X; Y | Z) = S(X, Z) + S(Y, Z) - S(X, Y, Z) - S(Z) for Gram matrices ``x``, ``y`` (..., N, N),
+    normalised or not (each is scaled to unit trace); ``z`` is one such matrix, a sequence of them (their
+    joint variable), or None/empty (then it is I(X; Y)). Returns (...), in nats (in bits with ``base=2``)."""
     zs = [z] if isinstance(z, Tensor) else list(z or [])
     if not zs:
         return mutual_information(x, y, alpha, base)

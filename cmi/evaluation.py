@@ -35,14 +35,12 @@ import torch
 from torch import nn
 
 from .data import Dataset, seeded_indices
-from .models import VGG16
+from .models import VGG16, Kept
 from .names import ALL_MODES, MODES
 from . import repair
 from .store import cache_key, read_cache, save_json
 from .surgery import kept_per_layer, mask_model, recalibrate_bn, remove_channels, save_pruned
 from .train import autocast, batches, evaluate as test_metrics, fit
-
-Kept = dict[int, list[int]]
 
 
 @dataclass(frozen=True)

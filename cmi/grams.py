@@ -44,7 +44,9 @@ def degenerate_grams(k: Tensor) -> tuple[int, int]:
 
 
 def variable_gram(x: Tensor, rule, d_sigma: int, dtype) -> tuple[Tensor, float]:
-    """Gram matrix (N, N) of one variable (all of x's features together), σ from dimension d_sigma."""
+    """Unnormalised Gaussian Gram matrix (N, N) of one variable, ones on the diagonal, in ``dtype``, and its
+    σ: ``x`` (N, ...) is flattened to (N, d), all its features one variable; σ by ``rule`` from dimension
+    ``d_sigma`` (:func:`cmi.entropy.kernel_width`)."""
     flat = x.reshape(x.shape[0], -1).to(dtype)
     sigma = kernel_width(rule, x.shape[0], d_sigma, flat)
     return torch.exp(-sq_dists(flat) / (2 * sigma * sigma)), sigma
@@ -100,6 +102,8 @@ def default_chunk(n: int, budget_bytes: float = 2**28) -> int:
 
 # ----------------------------------------------------------------------------- what a ranking is given
 def as_4d(name: str, x, n: int | None) -> Tensor:
+    """``x`` checked as a finite (N, C, H, W) tensor with N = ``n`` (unless ``n`` is None), a non-float one
+    converted to float32; else a ValueError naming it ``name``. Returns the (converted) tensor."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:

@@ -15,6 +15,8 @@ LAYER_NAMES = (
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
     "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3",
 )
+#: Kept channels: {conv layer index: kept channel indices of the unpruned network}.
+Kept = dict[int, list[int]]
 #: Hidden width of the authors' 3-layer head at width 1.
 MLP_HIDDEN = 4096
 

@@ -62,6 +62,10 @@ def protocol_names() -> list[str]:
     return ["paper", "authors", *(f"{b}{p}" for p in PATHS for b in ("paper+", "authors-"))]
 
 
-def plan_name(spec: tuple[str, str, str]) -> str:
+#: A plan's specification: (formulation, cutoff, direction), one name each of FORMULATIONS, CUTOFFS, DIRECTIONS.
+Spec = tuple[str, str, str]
+
+
+def plan_name(spec: Spec) -> str:
     """``(formulation, cutoff, direction)`` -> ``"formulation-cutoff-direction"``."""
     return "-".join(spec)

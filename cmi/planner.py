@@ -30,13 +30,11 @@ from .cutoffs import check_keep, choose_within_drop
 from .data import seeded_indices
 from .evaluation import MaskedScorer
 from .models import LAYER_NAMES
-from .names import CUTOFFS, DIRECTIONS, FORMULATIONS, plan_name
+from .names import CUTOFFS, DIRECTIONS, FORMULATIONS, Spec, plan_name
 from .plans import LayerDecision, Plan, plan_settings
 from .protocols import get_protocol
 from .ranking import Ranking, cached_ranking
 from .store import cache_key, read_cache, save_json
-
-Spec = tuple[str, str, str]
 
 
 class _Planner:

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from . import authors
 from .cutoffs import ptest_cut, scree_candidates, xmeans_candidates
-from .names import PATHS, protocol_names
+from .names import PATHS
 
 #: cutoff name -> (ranking, number of scree candidates) -> candidate keep counts
 CutoffRule = Callable[[object, int], list[int]]
@@ -63,11 +63,9 @@ BASES: dict[str, Protocol] = {
 }
 
 
-#: The authors' code paths, each switched alone by a one-path variant: :data:`cmi.names.PATHS`.
-
-
 def one_path(base: str, path: str) -> Protocol:
-    """``base`` ('paper' or 'authors') with one path of :data:`PATHS` taken from the other protocol."""
+    """``base`` ('paper' or 'authors') with one of the authors' code paths (:data:`cmi.names.PATHS`)
+    taken from the other protocol: the path switched alone."""
     if base not in BASES or path not in PATHS:
         raise ValueError(f"a one-path protocol is 'paper+<path>' or 'authors-<path>' with <path> one of "
                          f"{tuple(PATHS)}, got base {base!r} and path {path!r}")
@@ -80,10 +78,6 @@ def one_path(base: str, path: str) -> Protocol:
     choose_on = changes.get("choose_on", BASES[base].choose_on)
     label += ", chosen on test data" if choose_on == "test" else ", chosen on held-out training images"
     return dataclasses.replace(BASES[base], **changes, name=name, label=label, plans=authors.PLANS)
-
-
-def is_protocol(name) -> bool:
-    return name in protocol_names()
 
 
 def get_protocol(name: str) -> Protocol:

@@ -6,10 +6,12 @@ CMI_t = I(Y; R | Z ∪ S), R the channels not yet selected, plus I(input; S) and
 
 How the engine reaches the cost floor of one eigendecomposition per candidate entropy:
 
-- every variable is stored as its *energy* E = D / (2σ²) (D the squared distances between
-  samples), so the Gram matrix of any set of variables is ``exp(-Σ E)``: the running sum over the
-  selected set replaces recomputing Hadamard products, each variable keeps its own σ, and the
-  unnormalised product has ones on the diagonal (trace N, no underflow however many factors);
+- every variable is stored as its unnormalised Gaussian Gram matrix K = exp(-D / (2σ²)), D the
+  squared distances between samples, each with its own σ (:func:`cmi.grams.channel_grams`: one
+  (N, N) matrix per channel). The Gram matrix of a set of variables is the Hadamard product of
+  theirs, kept as a running product (the Gram of Z ∪ S is multiplied in place by K_j at each pick)
+  instead of being rebuilt from the features; every factor has ones on the diagonal, so the product
+  does too (trace N, however many factors; the entropy divides by N);
 - all candidates of a step go through ``torch.linalg.eigvalsh`` as one batch (chunked to bound
   memory);
 - because R ∪ S is the whole layer, CMI_t = I(Y; L ∪ Z) - I(Y; Z ∪ S_t) exactly (L the whole layer),

@@ -26,7 +26,12 @@ def _entropy_np(grams: list[np.ndarray], alpha: float) -> float:
 def reference_ranking(features: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor, alpha: float = 1.01,
                       condition: list[torch.Tensor] = ()) -> list[int]:
     """Greedy CMI ranking with the authors' cost structure (see module docstring): numpy, Gram
-    matrices rebuilt from the features for every candidate, general eigensolver, MI terms recomputed."""
+    matrices rebuilt from the features for every candidate, general eigensolver, MI terms recomputed.
+
+    CPU tensors: ``features`` (N, C, H, W), one variable per channel; ``labels`` (N,) integer, one-hot
+    over 0..max; ``inputs`` (N, C0, H0, W0) images (their MI terms are computed for the cost only);
+    ``condition``: (N, k, h, w) maps, one variable per channel, σ from each one's h·w. The paper's σ
+    rule throughout. Returns the C-1 picked channel indices in order."""
     f = features.double().numpy()
     n, c = f.shape[:2]
     s_f = 5 * n ** (-1 / (4 + f.shape[2] * f.shape[3]))

@@ -1,8 +1,9 @@
 """Repairs of a pruned network that need no gradient step.
 
 Removing a channel takes its output away from the layer that reads it (the next conv layer, or the
-head's first linear layer after conv5_3). Two closed-form repairs put back what the reader lost, on
-calibration images drawn from the training split (never test images):
+head's first linear layer after conv5_3). Three closed-form repairs put back what the reader lost; the
+first two fit it on calibration images drawn from the training split (never test images), the third
+needs no images:
 
 - :func:`compensate`: each removed channel's mean post-ReLU output over the calibration images, times
   the reader's weights, is folded into the reader's bias. Exact where the removed channel is constant
@@ -13,16 +14,17 @@ calibration images drawn from the training split (never test images):
   (closed form, Cholesky) to reproduce the reader's pre-BN output in the unpruned network, layer by
   layer in network order on the already repaired network (He et al. 2017; ThiNet, Luo et al. 2017).
   Exact where the removed channels are linear combinations of kept ones.
-
 - :func:`merge`: Neuron Merging (Kim et al., NeurIPS 2020), BN-aware: each removed filter is matched to the
   kept filter of the same layer whose weights are most similar (cosine), and its outgoing weights are
   added to that filter's, scaled by the ratio of their BN-scaled projections, where that ratio is
   positive (ReLU passes a positive multiple of the kept channel). It needs no images.
 
-None re-estimates BatchNorm statistics afterwards: both restore the pre-BN output the stored
-statistics were estimated on, and re-estimating a BN's mean after a bias fold undoes the fold
-(BN(x + b) with its mean re-estimated is BN(x)), so "fold, then recalibrate" is the ``recalibrated``
-mode everywhere but the head. Both return a physically smaller network (:func:`cmi.surgery.remove_channels`).
+None re-estimates BatchNorm statistics afterwards: each restores (exactly where its case above holds,
+else approximately) the reader's pre-BN output the stored statistics were estimated on, and
+re-estimating a BN's mean after a bias fold undoes the fold (BN(x + b) with its mean re-estimated is
+BN(x)), so "fold, then recalibrate" is the ``recalibrated`` mode everywhere but the head. All three
+work on a copy (the caller's model is left as it is, in its mode and on its device) and return a
+physically smaller network on the CPU in eval mode (:func:`cmi.surgery.remove_channels`).
 """
 from __future__ import annotations
 
@@ -33,10 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import VGG16
+from .models import VGG16, Kept
 from .surgery import kept_per_layer, remove_channels
-
-Kept = dict[int, list[int]]
 
 #: Ridge penalty of the re-fit, relative to the mean diagonal of the inputs' Gram matrix.
 RIDGE = 1e-6
@@ -143,7 +143,7 @@ def reconstruct(model: VGG16, kept: Kept, images: torch.Tensor, seed: int = 0) -
     ``images`` (normalised training images). Layers are re-fit in network order on the network repaired
     so far. The caller's model is left as it is."""
     kept, widths = kept_per_layer(model, kept)
-    model = model.cpu().eval()
+    model = copy.deepcopy(model).cpu().eval()     # the unpruned reference: a copy, so the caller's stays as it is
     out = copy.deepcopy(model)
     x = images.float()
     targets, pruned = _layer_inputs(model, x), _pruned(kept, widths)

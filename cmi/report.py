@@ -83,7 +83,13 @@ def layer_table(model: nn.Module) -> list[dict]:
 
 def paper_tables(results, baseline_acc: float):
     """Table 1 (formulation x direction, per cutoff) and Table 2 (cutoffs, per formulation and
-    direction) in the paper's terms: filters kept of all, pruning efficiency, accuracy and its drop."""
+    direction) in the paper's terms: filters kept of all, pruning efficiency, accuracy and its drop.
+
+    ``results``: a pandas DataFrame of the sweep's ``results.csv`` (:data:`cmi.sweep.RESULT_COLUMNS`),
+    one row per plan plus the ``baseline`` row (dropped); the columns read are plan, formulation,
+    cutoff, direction, filters_kept, filters_total, pruning_efficiency, acc_masked and acc_finetuned
+    (accuracies and efficiency as fractions; acc_finetuned may be empty). ``baseline_acc``: a fraction.
+    Returns the two tables as DataFrames, percentages and pp."""
     import pandas as pd
 
     df = results[results.plan != "baseline"].copy()
@@ -103,7 +109,8 @@ def paper_tables(results, baseline_acc: float):
 def headline(results, baseline_acc: float, max_drop: float) -> str:
     """The paper-style headline: the plan removing the most filters within ``max_drop`` (a fraction,
     :attr:`cmi.config.Config.keep_drop`) of the baseline's test accuracy (masked, no fine-tuning: the
-    paper's protocol)."""
+    paper's protocol). ``results``: the DataFrame :func:`paper_tables` reads; the columns read are plan,
+    filters_kept, filters_total, pruning_efficiency and acc_masked; ``baseline_acc`` a fraction."""
     max_drop_pp = 100 * max_drop
     df = results[results.plan != "baseline"]
     ok = df[100 * (baseline_acc - df.acc_masked) <= max_drop_pp]

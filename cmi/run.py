@@ -3,8 +3,9 @@
 :func:`prepare_run` turns a :class:`cmi.config.Config` into a :class:`Run`: the trained baseline
 (trained or loaded), the dataset, the activations the CMI is estimated from (captured or loaded), the
 device and the cache folder. Every study (sweep, controls, full-width) starts from one.
-:func:`make_plans` makes a list of plans on it, here or two at a time in worker processes, and is
-the only plan loop of the package.
+:func:`make_plans` makes a list of plans on it, one after another in this process by default
+(``workers=1``; with ``workers`` > 1, the first here and the rest ``workers`` at a time in spawned
+worker processes, when :func:`make_plans` says they can), and is the only plan loop of the package.
 
 Cache layout under ``<artifacts>/cmi/<hash of data, model, train, seed, cmi.n_samples>/``:
 ``activations.pt``, ``rankings/`` (shared by all plans), ``scores/``, ``plans/`` (each plan,
@@ -27,13 +28,11 @@ from .activations import Activations, capture
 from .config import Config
 from .data import Dataset, load_dataset
 from .device import resolve_device
-from .names import plan_name
+from .names import Spec, plan_name
 from .plans import Plan
 from .errors import CacheCorrupt
 from .store import digest, save_json, stage_dir
 from .train import Baseline, train_baseline
-
-Spec = tuple[str, str, str]        #: (formulation, cutoff, direction)
 
 
 @dataclass
@@ -147,8 +146,8 @@ def make_plans(run: Run, specs: list[Spec], *, protocol: str | None = None, crit
     (the smoke sweep from a clean cache on the 2-core AMD EPYC: 63.4 s with one process, 87.8 s with two).
     With ``workers`` > 1, more than two plans to compute and a run that
     workers can load from the cache (one :func:`prepare_run` made), the first is
-    computed here (it ranks the per-layer sets the others share), the rest two at a time in spawned
-    worker processes that load the run from the cache; each plan's arithmetic depends only on its inputs
+    computed here (it ranks the per-layer sets the others share), the rest ``workers`` at a time in
+    spawned worker processes that load the run from the cache; each plan's arithmetic depends only on its inputs
     and the thread count, which the workers inherit, so the plans are the same bit for bit (a test
     compares them). The permutation-test plans are computed last (the slowest). ``stop()``, when given, is
     asked before each plan is made here; True stops the loop (a wall-clock budget)."""

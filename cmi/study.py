@@ -18,7 +18,7 @@ from .verdict import claim_report
 def run_controls(cfg: Config, progress: bool = True, out=None) -> dict:
     """The whole controls study with its tables and figures (written through ``out``, an
     :class:`cmi.outputs.Outputs`, when given): saturation, the controls at equal counts, sensitivity,
-    the path ablation and the claim table. Returns the tables as lists of rows and the timings."""
+    the path ablation, the repairs and the claim table. Returns the tables as lists of rows and the timings."""
     run = prepare_run(cfg, progress)
     timings = {}
 

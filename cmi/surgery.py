@@ -21,6 +21,7 @@ from .cutoffs import check_keep
 from .models import LAYER_NAMES, VGG16, build_model
 from .plans import Plan
 from .store import load_torch, save_torch
+from .train import model_spec
 
 
 def check_plan_for_model(plan: Plan, model: VGG16) -> None:
@@ -150,7 +151,7 @@ class Pruned:
 def save_pruned(model: VGG16, kept: "Plan | dict[int, list[int]]", path: Path) -> None:
     """A network made by :func:`remove_channels` with ``kept``: state dict, the unpruned network's
     spec and the kept channels per layer, no pickled classes."""
-    spec = {"num_classes": model.num_classes, "width": model.width, "head": model.head_kind}
+    spec = model_spec(model)
     kept = kept.kept_channels() if isinstance(kept, Plan) else kept
     save_torch({"spec": spec, "kept": {str(int(k)): sorted(int(i) for i in v) for k, v in kept.items()},
                 "state_dict": model.state_dict()}, path)

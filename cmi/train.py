@@ -1,7 +1,8 @@
 """Training and evaluation of the baseline (and fine-tuning of pruned models).
 
-SGD with (Nesterov) momentum, linear warm-up then cosine decay per step, weight decay, optional
-label smoothing; bf16 autocast on CUDA; channels_last everywhere (about 2x faster on CPU too).
+SGD with (Nesterov) momentum and a per-step schedule (``train.schedule``: "cosine", linear warm-up
+then cosine decay, or "onecycle", :class:`torch.optim.lr_scheduler.OneCycleLR`), weight decay,
+optional label smoothing; bf16 autocast on CUDA; channels_last everywhere (about 2x faster on CPU too).
 Every epoch's randomness (shuffle, augmentation, dropout) is seeded by ``(seed, epoch)`` alone, so a
 run resumed from its last checkpoint ends with exactly the weights of an uninterrupted one.
 """

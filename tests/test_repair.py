@@ -134,6 +134,22 @@ def test_reconstruct_in_one_pass_equals_recomputing_the_inputs_after_every_refit
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_no_repair_changes_the_callers_model(trained):
+    """Every repair works on a copy: the caller's model keeps its training mode, weights and BN statistics,
+    and a model in training mode is repaired exactly as the same model in eval mode."""
+    model, _, ds = trained
+    kept, x = {2: [0, 1, 3, 4, 5, 7], 12: list(range(0, 32, 2))}, _images(ds)
+    for fix in (lambda m: compensate(m, kept, x), lambda m: reconstruct(m, kept, x), lambda m: merge(m, kept)):
+        net = _copy(model).train()
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        got = fix(net).state_dict()
+        assert net.training and all(m.training for m in net.modules())
+        after = net.state_dict()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+        want = fix(_copy(model)).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_the_refit_rows_are_the_im2col_columns_at_the_drawn_positions():
     """The patches gathered at the drawn positions equal torch's unfold (im2col) at those positions."""
     import torch.nn.functional as F
