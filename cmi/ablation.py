@@ -19,7 +19,7 @@ from .names import AUTHORS_PLANS, plan_name, protocol_names
 from .plans import Plan
 from .run import Run, make_plans, plan_specs
 from .tables import ABLATION, ABLATION_PLANS, SWITCHED, titled
-from .verdict import PAPER_REMOVED
+from .verdict import removes_third
 
 MODES = ("masked", "recalibrated")
 
@@ -56,7 +56,7 @@ def path_ablation(run: Run, progress: bool = True) -> list[dict]:
 def _summary_row(part: list[dict], baseline_acc: float, max_drop: float) -> dict:
     base, path = part[0]["base"], part[0]["path"]
     removed = [r["pruned_pct"] for r in part]
-    third = [r for r in part if r["pruned_pct"] >= 100 * PAPER_REMOVED]
+    third = [r for r in part if removes_third(r["filters_kept"], r["filters_total"])]
     return {"protocol": part[0]["protocol"], "path": path,
             "switched": "-" if path == "-" else ("on" if base == "paper" else "off"),
             "plans": len(part), "plans_changed": sum(r["changed"] for r in part),

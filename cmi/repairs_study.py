@@ -26,6 +26,7 @@ from .evaluation import controls_budget, evaluate
 from .models import LAYER_NAMES
 from .run import Run
 from .tables import timings_table
+from .verdict import removes_third
 
 #: Li et al. 2017's "pruned-A" for VGG16 on CIFAR-10: these layers at half their filters.
 PRUNED_A = ("conv1_1", "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
@@ -77,7 +78,7 @@ def best_third(curves: list[dict], plans) -> dict[str, tuple[str, object]]:
     best = {}
     by_name = {(proto, p.name): p for proto, p in plans}
     for r in curves:
-        if r["criterion"] != "cmi" or r["filters_kept"] > 2 / 3 * r["filters_total"]:
+        if r["criterion"] != "cmi" or not removes_third(r["filters_kept"], r["filters_total"]):
             continue
         score = max(r[f"acc_{m}"] for m in REPAIR_MODES)
         if r["protocol"] not in best or score > best[r["protocol"]][0]:

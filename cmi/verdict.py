@@ -14,10 +14,16 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-PAPER_REMOVED = 1 / 3          #: "more than a third of the filters"
 PAPER_DROP_PP = 0.32           #: the paper's reported drop (pp) for its best plan on CIFAR-10
 
 Cells = dict[str, tuple[bool, str]]
+
+
+def removes_third(filters_kept: int, filters_total: int) -> bool:
+    """Does a plan keeping ``filters_kept`` of ``filters_total`` filters remove at least a third of them
+    (the paper's "more than a third")? In integers, so that a plan removing exactly a third counts,
+    whatever the rounding of a percentage."""
+    return 3 * (int(filters_total) - int(filters_kept)) >= int(filters_total)
 
 
 @dataclass
@@ -110,7 +116,7 @@ def third_row(x: Inputs):
         ks = [k for k in x.kept if k["protocol"] == proto and k["plan"] in plans]
         if ks:
             removed = [k["pruned_pct"] for k in ks]
-            big = [k for k in ks if k["pruned_pct"] >= 100 * PAPER_REMOVED]
+            big = [k for k in ks if removes_third(plans[k["plan"]]["filters_kept"], plans[k["plan"]]["filters_total"])]
             hits = [k for k in big if x.within(plans[k["plan"]]["masked_mean"])]
             detail = (f"{len(big)} remove{'s' if len(big) == 1 else ''} ≥ 1/3, the best of them masked "
                       f"{_pct(max(plans[k['plan']]['masked_mean'] for k in big))}" if big else "none removes ≥ 1/3")
@@ -220,7 +226,7 @@ def repaired_third_row(x: Inputs):
     cells = {}
     for proto in x.protocols:
         part = [r for r in (x.repairs or {}).get("curves", []) if r["protocol"] == proto and r["criterion"] == "cmi"
-                and r["filters_kept"] <= (1 - PAPER_REMOVED) * r["filters_total"]]
+                and removes_third(r["filters_kept"], r["filters_total"])]
         if part:
             counts = {m: sum(x.within(r[f"acc_{m}"]) for r in part) for m in REPAIRED}
             m, r = max(((m, r) for m in REPAIRED for r in part), key=lambda mr: mr[1][f"acc_{mr[0]}"])

@@ -1,20 +1,25 @@
 """The claim table answers from the numbers it is given, and says which file holds them."""
+from types import SimpleNamespace
+
 from cmi.controls import summarize, verdict_table
-from cmi.verdict import Inputs, claim_table
+from cmi.repairs_study import best_third
+from cmi.verdict import Inputs, claim_table, removes_third
 
 CRITERIA = ("cmi", "l1", "random")
 
 
 def raw_rows():
     """Two plans of one protocol. Plan a keeps accuracy masked (0.925 vs baseline 0.93) and removes
-    40 %; plan b does not. CMI beats random beyond its spread on plan a only."""
+    40 % (60 of 100 filters kept); plan b does not, and removes 10 %. CMI beats random beyond its spread
+    on plan a only."""
     rows = []
     acc = {("a", "cmi"): [0.925], ("a", "l1"): [0.90], ("a", "random"): [0.80, 0.82],
            ("b", "cmi"): [0.10], ("b", "l1"): [0.30], ("b", "random"): [0.20, 0.40]}
     for (plan, crit), vals in acc.items():
         for seed, v in enumerate(vals):
             rows.append({"protocol": "paper", "plan": plan, "formulation": "per-layer", "cutoff": "scree",
-                         "direction": "forward", "criterion": crit, "seed": seed, "filters_kept": 60,
+                         "direction": "forward", "criterion": crit, "seed": seed,
+                         "filters_kept": {"a": 60, "b": 90}[plan],
                          "filters_total": 100, "acc_masked": v, "acc_removed": None, "acc_recalibrated": v + 0.01,
                          "acc_finetuned": min(v + 0.05, 0.95), "seconds": 1.0})
     return rows
@@ -70,7 +75,7 @@ def test_verdict_table_keys_hold_the_numbers():
 
 
 def test_claim_table_says_no_when_nothing_keeps_accuracy():
-    rows = [dict(r, acc_masked=0.1, acc_recalibrated=0.2, acc_finetuned=0.5) for r in raw_rows()]
+    rows = [dict(r, acc_masked=0.1, acc_recalibrated=0.2, acc_finetuned=0.5, filters_kept=50) for r in raw_rows()]
     summary = summarize(rows)
     out = claim_table(Inputs(summary, verdict_table(summary, CRITERIA),
                              [{"protocol": "paper", "plan": "a", "pruned_pct": 50.0, "fallbacks": 0},
@@ -160,3 +165,59 @@ def test_the_fixed_layout_row_reads_the_whole_test_split_and_names_who_keeps_acc
     x.repairs["full_test_summary"] = summarize([dict(r, acc_reconstructed=0.5) for r in raw])
     row = next(r for r in claim_table(x) if "pruned-A" in r["question"])
     assert row["answer"] == "no" and "within the drop: none" in row["paper"]
+
+
+def test_a_plan_removing_exactly_a_third_counts_whatever_the_rounding():
+    """352 of 1056 filters removed is a third exactly; its percentage, rounded to 33.3 in the kept-counts
+    table, is below 100/3, and must not decide the answer."""
+    assert removes_third(704, 1056) and not removes_third(705, 1056) and removes_third(0, 3)
+    rows = [dict(r, filters_kept=704, filters_total=1056) for r in raw_rows() if r["plan"] == "a"]
+    summary = summarize(rows)
+    kept = [{"protocol": "paper", "plan": "a", "pruned_pct": 33.3, "fallbacks": 0}]
+    out = claim_table(Inputs(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
+                             criteria=CRITERIA))
+    third = next(r for r in out if r["file"] == "controls_kept_counts.md")
+    assert third["answer"] == "yes" and "1 removes ≥ 1/3" in third["paper"]
+
+
+
+def _curve(plan, crit, kept, total, **acc):
+    modes = {"masked": 0.1, "removed": 0.1, "recalibrated": 0.5, "compensated": 0.6, "reconstructed": 0.7,
+             "merged": 0.3, **acc}
+    return {"protocol": "paper", "plan": plan, "criterion": crit, "seed": 0, "filters_kept": kept,
+            "filters_total": total, **{f"acc_{m}": v for m, v in modes.items()}}
+
+
+def _layout_rows(cmi_reconstructed):
+    """Pruned-A filled by cmi, l1 and random (two seeds), reconstructed: cmi given, l1 0.91, random 0.91 ± 0.014."""
+    return [{"protocol": "pruned-A", "plan": "pruned-A", "criterion": c, "seed": s, "filters_kept": 63,
+             "filters_total": 100, "acc_recalibrated": 0.5, "acc_compensated": 0.6, "acc_reconstructed": v,
+             "acc_merged": 0.3}
+            for c, vals in {"cmi": [cmi_reconstructed], "l1": [0.91], "random": [0.90, 0.92]}.items()
+            for s, v in enumerate(vals)]
+
+
+def test_repair_rows_and_the_best_third_plan_read_only_cmi_plans_removing_a_third():
+    """p1 removes 40 % and reaches 92.50 % reconstructed (within 1 pp of 93 %); p2 removes 30 % (not a
+    third) at 93 %; p3 removes exactly a third (33 of 99); L1's channels on p1 reach 99 %. Only p1 and
+    p3 count, and p1 is the best."""
+    curves = [_curve("p1", "cmi", 60, 100, reconstructed=0.925), _curve("p2", "cmi", 70, 100, reconstructed=0.93),
+              _curve("p3", "cmi", 66, 99, merged=0.80), _curve("p1", "l1", 60, 100, reconstructed=0.99)]
+    plans = [("paper", SimpleNamespace(name=n)) for n in ("p1", "p2", "p3")]
+    assert best_third(curves, plans) == {"paper": ("p1", plans[0][1])}
+    assert best_third([dict(r, acc_merged=0.95) if r["plan"] == "p3" else r for r in curves],
+                      plans)["paper"][0] == "p3"               # the exact third, once it is the best
+    summary = summarize(raw_rows())
+    x = Inputs(summary, verdict_table(summary, CRITERIA), [], [], baseline_acc=0.93, max_drop=0.01,
+               criteria=CRITERIA, repairs={"curves": curves, "summary": summarize(_layout_rows(0.925)),
+                                           "full_test_summary": []})
+    rows = claim_table(x)
+    third = next(r for r in rows if r["file"] == "10_repair_curves.md")
+    assert third["answer"] == "yes" and third["paper"] == (
+        "yes: recalibrated 0, compensated 0, reconstructed 1, merged 0 of 2 plans within the drop; "
+        "best 92.50 % (p1, reconstructed, 60/100 filters)")
+    order = next(r for r in rows if r["file"] == "10_repairs.md")     # 0.925 > 0.91 and > 0.91 + 0.0141
+    assert order["answer"] == "yes" and order["paper"] == (
+        "yes: pruned-A, reconstructed: cmi 92.50 %, l1 91.00 %, random 91.00 % ± 1.41")
+    x.repairs["summary"] = summarize(_layout_rows(0.915))                # beats l1, not random's mean + 1 sd
+    assert next(r for r in claim_table(x) if r["file"] == "10_repairs.md")["answer"] == "no"
