@@ -106,11 +106,16 @@ def test_training_learns_the_synthetic_classes(tiny_cfg):
     assert math.isfinite(after["loss"])
 
 
-def test_interrupted_run_resumes_to_identical_weights(tiny_cfg, tmp_path):
-    cfg = tiny_cfg.replace({"epochs": 3})
+@pytest.mark.parametrize("recipe", [{}, {"train.schedule": "onecycle", "train.lr": 0.01, "train.weight_decay": 0.01,
+                                    "train.decay_norm": True}],
+                         ids=["default", "authors"])
+def test_interrupted_run_resumes_to_identical_weights(tiny_cfg, tmp_path, recipe):
+    """Both schedules: the one-cycle scheduler (stepped per batch) resumes where it stopped, so the
+    resumed run's learning rates and weights are those of the run never interrupted."""
+    cfg = tiny_cfg.replace({"epochs": 3, **recipe})
     ds = load_dataset(cfg)
     straight = _fresh(cfg, ds)
-    fit(straight, ds, cfg.train, seed=cfg.seed, run_dir=tmp_path / "a", progress=False)
+    straight_hist = fit(straight, ds, cfg.train, seed=cfg.seed, run_dir=tmp_path / "a", progress=False)
 
     def interrupt(epoch, step, model):
         if epoch == 1 and step == 1:
@@ -123,6 +128,7 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_cfg, tmp_path):
     resumed = _fresh(cfg.replace({"seed": 99}), ds)  # a new process would start from other weights
     hist = fit(resumed, ds, cfg.train, seed=cfg.seed, run_dir=tmp_path / "b", progress=False)
     assert [r["epoch"] for r in hist.epochs] == [1, 2, 3]
+    assert [r["lr"] for r in hist.epochs] == [r["lr"] for r in straight_hist.epochs]
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
