@@ -151,7 +151,8 @@ def test_forward_plans_condition_as_specified(trained, plan_cfg, formulation):
         assert d.condition == expected
         assert d.keep in d.candidates and len(d.scores) == len(d.candidates) <= 3
         assert d.kept == (d.ranking["order"] + [j for j in range(d.channels) if j not in d.ranking["order"]])[:d.keep]
-    assert p.filters_kept == sum(d.keep for d in p.decisions) and 0 < p.efficiency < 1
+    assert p.filters_kept == sum(d.keep for d in p.decisions) and p.filters_total == sum(d.channels for d in p.decisions)
+    assert p.efficiency == pytest.approx(1 - p.filters_kept / p.filters_total) and 0 < p.efficiency < 1
     assert Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
 
 

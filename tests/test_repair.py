@@ -1,4 +1,5 @@
 """The closed-form repairs against cases where they must be exact, and where their images come from."""
+import pytest
 import torch
 
 from cmi.evaluation import Budget, evaluate
@@ -102,6 +103,29 @@ def test_merged_gives_the_unpruned_logits_when_a_removed_filter_is_a_positive_mu
         want = net(x)
         assert (remove_channels(net, kept).eval()(x) - want).abs().max() > 1e-2
         torch.testing.assert_close(merge(net, kept)(x), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_merged_drops_a_removed_filter_with_no_kept_filter_of_positive_scale(trained, sign):
+    """conv3_1 keeps only filter 1; every other filter is sign x filter 1 (same BN scale). With sign -1
+    no kept filter has a positive scale s, so merging drops them all, as plain removal does; with
+    sign +1 each is merged into filter 1 (s = 1) and the result differs from plain removal."""
+    model, _, ds = trained
+    net = _copy(model)
+    with torch.no_grad():
+        conv, bn = net.convs()[4], net.norms()[4]
+        for j in range(16):
+            if j != 1:
+                conv.weight[j] = sign * conv.weight[1]
+                bn.weight[j], bn.running_var[j] = bn.weight[1], bn.running_var[1]
+    kept = {4: [1]}
+    x = ds.normalize(ds.test_x[:50]).float()
+    with torch.no_grad():
+        merged, removed = merge(net, kept)(x), remove_channels(net, kept).eval()(x)
+    if sign < 0:
+        assert torch.equal(merged, removed)
+    else:
+        assert (merged - removed).abs().max() > 1e-3
 
 
 def test_the_reader_inputs_are_what_each_reader_receives_in_the_forward_pass(trained):
