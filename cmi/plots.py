@@ -57,11 +57,13 @@ def sample_grid(ds, per_class: int = 8, seed: int = 0):
     return fig
 
 
-def learning_curves(history: list[dict]):
+def learning_curves(history: list[dict], label_smoothing: float = 0.0):
+    """Training loss and train/held-out/test accuracy per epoch of a baseline's ``history``; the
+    loss is the one optimised, so it carries the run's ``label_smoothing``."""
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     a.plot(ep, [r["train_loss"] for r in history], marker="o")
-    a.set(xlabel="epoch", ylabel="training loss (nats, label-smoothed)", title="loss")
+    a.set(xlabel="epoch", ylabel="training loss (nats" + (f", label smoothing {label_smoothing:g})" if label_smoothing else ")"), title="loss")
     for key, label in (("train_acc", "train (augmented)"), ("val_acc", "held-out"), ("test_acc", "test")):
         if key in history[0]:
             b.plot(ep, [100 * r[key] for r in history], marker="o", label=label)

@@ -294,3 +294,17 @@ def test_a_run_resumed_on_another_machine_says_which_trained_which_epochs():
     assert trained_on([{"epoch": 1}, {"epoch": 2, "hardware": "B"}], "B") == "machine not recorded (epoch 1); B (epoch 2)"
     assert trained_on([{"epoch": 1}, {"epoch": 2}], "B") == "B"           # none recorded: where it ended
     assert trained_on([], "C") == "C"
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_learning_curves_name_the_loss_that_was_optimised(smoothing):
+    """The loss axis says "label smoothing" only for a run trained with it (the authors' recipe has none)."""
+    import matplotlib.pyplot as plt
+
+    from cmi.plots import learning_curves
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5, "test_acc": 0.5} for e in (1, 2)]
+    fig = learning_curves(history, smoothing)
+    label = fig.axes[0].get_ylabel()
+    plt.close(fig)
+    assert ("label smoothing 0.1" in label) == (smoothing == 0.1)
