@@ -288,11 +288,57 @@ def test_controls_keep_the_plans_counts_and_cmi_is_the_plan(tiny_cfg):
     assert min(ranks) == 1 and max(ranks) <= 5
     sens = sensitivity(run, progress=False)
     assert len(sens) == 13 * (4 + 2)
+    # each l1 row, from the weights: the layer alone keeps its round(0.5 C) filters of largest L1 norm,
+    # scored on the seeded sensitivity draw (masked) and recalibrated on sensitivity_recal_images (seed + 1)
+    idx_s = seeded_indices(len(ds.test_y), cfg.controls.sensitivity_test_images, cfg.seed)
+    recal_s = ds.train_x[seeded_indices(len(ds.train_y), cfg.controls.sensitivity_recal_images, cfg.seed + 1)]
+    l1_rows = [r for r in sens if r["criterion"] == "l1"]
+    assert [r["layer"] for r in l1_rows] == list(range(13))
+    for r in l1_rows:
+        w = model.convs()[r["layer"]].weight.detach()
+        keep = round(0.5 * w.shape[0])
+        kept = {r["layer"]: sorted(torch.argsort(w.abs().sum((1, 2, 3)), descending=True)[:keep].tolist())}
+        assert (r["kept"], r["channels"], r["keep_fraction"]) == (keep, w.shape[0], 0.5)
+        assert r["acc_masked"] == evaluate(mask_model(model, kept), ds.test_x[idx_s], ds.test_y[idx_s],
+                                           ds)["accuracy"], r
+        assert r["acc_recalibrated"] == evaluate(recalibrate_bn(remove_channels(model, kept), recal_s, ds.normalize),
+                                                 ds.test_x[idx_s], ds.test_y[idx_s], ds)["accuracy"], r
+    assert sorted(r["seed"] for r in sens if r["criterion"] == "random" and r["layer"] == 0) == [0, 1]
     one = evaluate_kept(run, {0: [0]}, ("masked",), dataclasses.replace(controls_budget(cfg), test_images=64))
     assert set(one) == {"acc_masked", "filters_kept", "seconds", "seconds_masked"} and one["filters_kept"] == sum(p.widths) - 3
     idx64 = seeded_indices(len(ds.test_y), 64, cfg.seed)
     assert one["acc_masked"] == evaluate(mask_model(model, {0: [0]}), ds.test_x[idx64], ds.test_y[idx64],
                                          ds)["accuracy"]
+
+
+def test_saturation_rows_are_each_rules_exact_ranking_read_at_the_tolerance(trained, tiny_cfg):
+    """layerwise.saturation, row by row, against an exact ranking (every greedy pick) of the same
+    activations with the same rule: I(Y; L), CMI_1, the median σ, and the first pick t with
+    CMI_t <= tol x I(Y; L) (None when no pick before the last two reaches it)."""
+    from conftest import make_run
+
+    from cmi.layerwise import saturation
+    from cmi.ranking import rank_channels
+
+    model, acts, ds = trained
+    cfg = tiny_cfg.replace({"controls.saturation_tol": 0.05})      # loose enough that some layers saturate
+    rows = saturation(make_run(cfg, model, ds, acts), progress=False)
+    assert [(r["sigma_rule"], r["layer"]) for r in rows] == [(rule, n) for rule in ("paper", "median")
+                                                             for n in LAYER_NAMES]
+    picks = []
+    for r in rows:
+        layer = LAYER_NAMES.index(r["layer"])
+        exact = rank_channels(acts.features[layer], acts.labels, alpha=cfg.cmi.alpha, sigma=r["sigma_rule"],
+                              saturation_tol=0)
+        mi_all, c = exact.info["mi_labels_all"], exact.n_channels
+        assert r["channels"] == c and r["mi_all"] == pytest.approx(mi_all, rel=1e-9)
+        assert r["cmi_1"] == pytest.approx(exact.cmi[0], rel=1e-9, abs=1e-12)
+        sig = exact.sigma["features"]
+        assert r["sigma_median"] == pytest.approx(float(np.median(sig)) if isinstance(sig, list) else sig)
+        first = next((t for t, v in enumerate(exact.cmi, 1) if v <= 0.05 * abs(mi_all) and t < c - 1), None)
+        assert r["picks"] == first, r
+        picks.append(first)
+    assert None in picks and len(set(picks) - {None}) > 3       # the data exercise both outcomes
 
 
 def test_removed_and_recalibrated_equals_masked_with_silent_bn_and_recalibrated():
