@@ -40,31 +40,47 @@ def cmi(x, y, z, alpha):
     return joint(x + z, alpha) + joint(y + z, alpha) - joint(x + y + z, alpha) - joint(z, alpha)
 
 
-def _grams(features, labels, inputs, condition, num_classes):
+def width(x, d, rule):
+    """σ of one variable observed as x (N, d'): the paper's 5·N^(-1/(4+d)) from its dimension d, or
+    "median": the lower median of its N(N-1)/2 pairwise distances (torch.median's convention for an
+    even count), 1 when all samples coincide."""
+    n = x.shape[0]
+    if rule == "paper":
+        return 5.0 * n ** (-1.0 / (4 + d))
+    assert rule == "median", rule
+    dists = sorted(np.sqrt(np.sum((x[a] - x[b]) ** 2)) for a in range(n) for b in range(a + 1, n))
+    s = dists[(len(dists) - 1) // 2]
+    return s if s > 0 else 1.0
+
+
+def _grams(features, labels, inputs, condition, num_classes, sigma="paper"):
     f = features.double().numpy()
     n, c = f.shape[:2]
-    paper = lambda d: 5.0 * n ** (-1.0 / (4 + d))  # noqa: E731
+
+    def var(x, d):
+        x = x.reshape(n, -1)
+        return gram(x, width(x, d, sigma))
+
     k = int(labels.max()) + 1 if num_classes is None else num_classes
-    onehot = np.eye(k)[labels.numpy()]
-    gy = [gram(onehot, paper(k))]
+    gy = [var(np.eye(k)[labels.numpy()], k)]
     d = f.shape[2] * f.shape[3]
-    chans = [gram(f[:, j].reshape(n, -1), paper(d)) for j in range(c)]
+    chans = [var(f[:, j], d) for j in range(c)]
     gz = []
     for z in condition:
         z = z.double().numpy()
-        gz += [gram(z[:, j].reshape(n, -1), paper(z.shape[2] * z.shape[3])) for j in range(z.shape[1])]
+        gz += [var(z[:, j], z.shape[2] * z.shape[3]) for j in range(z.shape[1])]
     gx = None
     if inputs is not None:
         x = inputs.double().numpy()
-        gx = [gram(x.reshape(n, -1), paper(x.shape[2] * x.shape[3]))]
+        gx = [var(x, x.shape[2] * x.shape[3])]
     return n, c, gy, chans, gz, gx
 
 
 def naive_rank(features, labels, inputs=None, condition=(), alpha=1.01, num_classes=None,
-               permutation=None, seed=0, permute_condition=True):
-    """Same contract as cmi.ranking.rank_channels (sigma="paper", saturation_tol=0), returned as a dict.
+               permutation=None, seed=0, permute_condition=True, sigma="paper"):
+    """Same contract as cmi.ranking.rank_channels (sigma "paper" or "median", saturation_tol=0), as a dict.
     ``permute_condition=False``: the shuffled CMIs leave Z out (the authors' permutation test)."""
-    n, c, gy, chans, gz, gx = _grams(features, labels, inputs, condition, num_classes)
+    n, c, gy, chans, gz, gx = _grams(features, labels, inputs, condition, num_classes, sigma)
     gen = torch.Generator().manual_seed(seed)
     selected, remaining = [], list(range(c))
     out = {"order": [], "cmi": [], "objective": [], "mi_labels": [], "mi_input": [], "p_values": []}

@@ -56,6 +56,20 @@ def test_engine_matches_naive_reference(alpha, conditioned):
     assert res.entropies > 0 and res.seconds > 0
 
 
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_median_kernel_width_matches_naive_reference(conditioned):
+    """sigma="median": every variable's σ is the median of its own pairwise distances (the dead
+    channel's, all 0, falls back to 1), computed by loops in the reference."""
+    feats, y, inputs, cond = planted()
+    condition = cond if conditioned else ()
+    res = rank_channels(feats, y, inputs=inputs, condition=condition, sigma="median", device="cpu", saturation_tol=0)
+    ref = naive_rank(feats, y, inputs=inputs, condition=condition, sigma="median")
+    assert_same(res, ref)
+    paper = naive_rank(feats, y, inputs=inputs, condition=condition)
+    assert max(abs(a - b) for a, b in zip(ref["cmi"], paper["cmi"])) > 1e-3   # the rule matters here
+    assert res.sigma["features"][4] == 1.0 and len(set(res.sigma["features"])) == 7   # dead; 7 a copy of 3
+
+
 def test_permutation_test_matches_naive_reference():
     feats, y, inputs, cond = planted()
     res = rank_channels(feats, y, condition=cond, permutation=(20, 0.05), seed=3, device="cpu")
