@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -308,3 +309,18 @@ def test_learning_curves_name_the_loss_that_was_optimised(smoothing):
     label = fig.axes[0].get_ylabel()
     plt.close(fig)
     assert ("label smoothing 0.1" in label) == (smoothing == 0.1)
+
+
+def test_label_smoothing_is_the_loss_that_training_reports(tiny_cfg):
+    """With ε label smoothing the cross-entropy is (1 - ε)·CE + ε·mean_k(-log p_k), linear in ε. At a
+    vanishing learning rate the weights, batches and augmentations of three seeded runs are the same,
+    so the reported training loss must be linear in ε, with a slope that is not 0."""
+    cfg = tiny_cfg.replace({"epochs": 1, "train_subset": 128, "lr": 1e-12, "weight_decay": 0.0})
+    ds = load_dataset(cfg)
+    loss = {}
+    for eps in (0.0, 0.3, 0.6):
+        tcfg = dataclasses.replace(cfg.train, label_smoothing=eps)
+        loss[eps] = fit(_fresh(cfg, ds), ds, tcfg, seed=cfg.seed, progress=False,
+                        eval_each_epoch=False).epochs[0]["train_loss"]
+    assert loss[0.3] - loss[0.0] == pytest.approx((loss[0.6] - loss[0.0]) / 2, rel=1e-3)   # float32 sums
+    assert abs(loss[0.6] - loss[0.0]) > 1e-3
