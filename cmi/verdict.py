@@ -180,7 +180,7 @@ def saturation_rows(x: Inputs) -> list:
 def constant_row(x: Inputs):
     c = x.census
     text = (f"{c['constant']} of {c['channels']} ({c['constant_pct']:.1f} %): {c['dead']} dead, {c['constant_positive']} "
-            f"a constant > 0, in {c['layers_with_constant']} layers; {c['small_gamma']} with |γ| < 0.1·max; removing "
+            f"a constant > 0, in {c['layers_with_constant']} layer{'' if c['layers_with_constant'] == 1 else 's'}; {c['small_gamma']} with |γ| < 0.1·max; removing "
             f"exactly them: masked {_pct(c['acc_masked'])}, recalibrated {_pct(c['acc_recalibrated'])}")
     return ("Does the baseline have constant channels (post-ReLU output constant on the captured images), and what "
             "does removing exactly them cost?", "01_census_summary.md",

@@ -123,7 +123,7 @@ def test_census_rows_answer_from_the_census_and_the_plans_removals():
                                                                                   ("paper", "b"): (12, 12)}))
     const = next(r for r in rows if r["file"] == "01_census_summary.md")
     assert const["answer"] == "yes" and const["paper"].startswith("yes: 12 of 100 (12.0 %): 5 dead, 7 a constant > 0")
-    assert "masked 50.00 %, recalibrated 92.90 %" in const["paper"]
+    assert "masked 50.00 %, recalibrated 92.90 %" in const["paper"] and "in 3 layers;" in const["paper"]
     beyond = next(r for r in rows if r["question"].startswith("Do the CMI plans remove more than the constant"))
     assert beyond["answer"] == "yes" and "remove 12–40 filters, 11.0 of the 12 constant" in beyond["paper"]
     assert "1 of 2 remove more than constant channels, 1 of them within" in beyond["paper"]
@@ -131,6 +131,10 @@ def test_census_rows_answer_from_the_census_and_the_plans_removals():
     rows = claim_table(Inputs(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
                               criteria=CRITERIA, census=none, constant_removed={("paper", "b"): (12, 0)}))
     assert next(r for r in rows if r["file"] == "01_census_summary.md")["answer"] == "no"
+    one = dict(census, layers_with_constant=1)
+    rows = claim_table(Inputs(summary, verdict_table(summary, CRITERIA), kept, [], baseline_acc=0.93,
+                              criteria=CRITERIA, census=one, constant_removed={("paper", "b"): (12, 12)}))
+    assert "in 1 layer;" in next(r for r in rows if r["file"] == "01_census_summary.md")["paper"]
     assert "0 of them within" in next(r for r in rows if r["question"].startswith("Do the CMI plans remove more"))["paper"]
 
 
