@@ -6,6 +6,7 @@ Commands:
   train    train the baseline (or load it from the cache) and print its test accuracy
   sweep    run every pruning plan of the profile and print the results table
   controls the controls study: other criteria at each plan's counts, layer sensitivity, saturation
+  claim    rebuild the claim table from the tables of a controls study (no cache needed)
   census   the channel census of the baseline: |γ| and constant channels per layer (notebook 01's tables)
   repairs  the repair study alone: pruned-A and the best >= 1/3 plans under every repair (notebook 10's)
   estimate say how long `make reproduce` would take with the profile on this machine
@@ -23,20 +24,20 @@ from .errors import CmiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["config", "data", "train", "sweep", "controls", "census", "repairs", "estimate"])
+    parser.add_argument("command", choices=["config", "data", "train", "sweep", "controls", "claim", "census", "repairs", "estimate"])
     parser.add_argument("--profile", default="smoke", help="a name in configs/ or a YAML path (default: smoke)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--check-data", action="store_true", help="estimate: also load the dataset (fail early)")
     parser.add_argument("--seeds", type=int, default=0, metavar="K",
                         help="train: the baseline with seeds 0..K-1 (each cached), and their mean ± sd as a table")
     parser.add_argument("--out", metavar="FOLDER", default=None,
-                        help="train --seeds, controls, census, repairs: write the tables here instead of "
-                             "figures/<profile>-<dataset>[-<hash of the overrides>]/")
+                        help="train --seeds, controls, claim, census, repairs: write (claim: read and write) the "
+                             "tables here instead of figures/<profile>-<dataset>[-<hash of the overrides>]/")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. dataset=fashion-mnist train.epochs=3 width=0.5")
     args = parser.parse_intermixed_args(argv)
-    if args.out is not None and not (args.command in ("controls", "census", "repairs") or args.command == "train" and args.seeds):
-        parser.error(f"--out is for train --seeds, controls, census and repairs, not {args.command}")
+    if args.out is not None and not (args.command in ("controls", "claim", "census", "repairs") or args.command == "train" and args.seeds):
+        parser.error(f"--out is for train --seeds, controls, claim, census and repairs, not {args.command}")
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"   # one line, no source
     try:
         return _run(args)
@@ -87,6 +88,14 @@ def _run(args) -> int:
             print(row)
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tables["timings_dict"].items()))
         print(f"tables and figure: {out.folder}/controls_*")
+    elif args.command == "claim":
+        from .claim_tables import claim_from_tables
+        out = _outputs(cfg, args, "claim")
+        rows = claim_from_tables(cfg, out.folder, out)
+        out.finish()
+        for r in rows:
+            print(f"{r['answer']:>3}  {r['question']}")
+        print(f"rebuilt from the tables in {out.folder}: {out.folder}/claim.md")
     elif args.command == "census":
         from .census import census_report
         from .plots import census_plot

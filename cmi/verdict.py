@@ -188,18 +188,25 @@ def constant_row(x: Inputs):
 
 
 def beyond_constant_row(x: Inputs):
-    """Per protocol: do plans remove filters that are not constant and still keep accuracy (masked)?"""
+    """Per protocol: do plans remove filters that are not constant and still keep accuracy (masked)?
+    Where a plan's overlap with the constant channels was not recorded (None: a claim table rebuilt from
+    tables written before the overlap was), it removes more than them when it removes more filters than
+    there are constant channels."""
     cells = {}
+    n_const = x.census["constant"]
     for proto in x.protocols:
         plans = {r["plan"]: r for r in x.cmi_plans(proto, "masked")}
         got = {n: v for (p, n), v in (x.constant_removed or {}).items() if p == proto and n in plans}
         if got:
-            beyond = [n for n, (removed, const) in got.items() if removed > const]
+            known = all(c is not None for _, c in got.values())
+            beyond = [n for n, (removed, const) in got.items() if removed > (n_const if const is None else const)]
             hits = [n for n in beyond if x.within(plans[n]["masked_mean"])]
+            overlap = (f"{statistics.fmean(c for _, c in got.values()):.1f} of the {n_const} constant ones on average"
+                       if known else f"their overlap with the {n_const} constant ones not recorded")
             cells[proto] = (bool(hits), f"plans remove {min(r for r, _ in got.values())}–{max(r for r, _ in got.values())} "
-                                        f"filters, {statistics.fmean(c for _, c in got.values()):.1f} of the "
-                                        f"{x.census['constant']} constant ones on average; {len(beyond)} of {len(got)} "
-                                        f"remove more than constant channels, {len(hits)} of them within the drop (masked)")
+                                        f"filters, {overlap}; {len(beyond)} of {len(got)} remove more than "
+                                        + ("constant channels" if known else "there are constant channels")
+                                        + f", {len(hits)} of them within the drop (masked)")
     return (f"Do the CMI plans remove more than the constant channels, within {100 * x.max_drop:g} pp (masked)?",
             "controls_kept_counts.md", cells)
 
@@ -298,7 +305,6 @@ def claim_report(run, equal: dict, sat: list[dict], out=None, ablation: dict | N
     (``repairs``), the last two when they ran."""
     from .census import census_report, constant_channels
     from .evaluation import controls_budget
-    from .tables import PROTOCOL_LABELS
 
     cfg = run.cfg
     budget, n_test = controls_budget(cfg), len(run.ds.test_y)
@@ -314,8 +320,23 @@ def claim_report(run, equal: dict, sat: list[dict], out=None, ablation: dict | N
                               {m: budget.describe(m, n_test) for m in cfg.controls.modes},
                               census_report(run)["summary"], removed, repairs))
     if out is not None:
-        out.table(rows, "claim", "Does the claim hold? One row per question; protocols: "
-                  + "; ".join(f"{p}: {PROTOCOL_LABELS[p]}" for p in cfg.controls.protocols)
-                  + f". Plans are scored {budget.describe('masked', n_test).split(', on ')[-1]}; the baseline on "
-                  f"all {n_test} test images. Each answer's numbers are in the named file.")
+        out.table([{"protocol": p, "plan": n, "filters removed": r, "constant removed": c}
+                   for (p, n), (r, c) in removed.items()], "controls_constant_removed",
+                  "Filters each plan removes, and how many of them are constant channels (01_census)")
+        write_claim(rows, cfg, n_test, out, cfg.controls.protocols)
     return rows
+
+
+def write_claim(rows: list[dict], cfg, n_test: int, out, protocols, rebuilt: bool = False) -> None:
+    """Write the claim table through ``out`` (an :class:`cmi.outputs.Outputs`), its title naming the
+    protocols and the test images behind the numbers; ``rebuilt``: it was read back from the folder's
+    tables (:mod:`cmi.claim_tables`), not from the study's run."""
+    from .evaluation import controls_budget
+    from .tables import PROTOCOL_LABELS
+
+    budget = controls_budget(cfg)
+    out.table(rows, "claim", "Does the claim hold? One row per question; protocols: "
+              + "; ".join(f"{p}: {PROTOCOL_LABELS[p]}" for p in protocols)
+              + f". Plans are scored {budget.describe('masked', n_test).split(', on ')[-1]}; the baseline on "
+              f"all {n_test} test images. Each answer's numbers are in the named file"
+              + (", from which `python -m cmi claim` rebuilt this table." if rebuilt else "."))
