@@ -108,9 +108,9 @@ def claim_from_tables(cfg, folder: Path, out=None) -> list[dict]:
     from .evaluation import controls_budget
     from .verdict import claim_table, write_claim
 
-    n_test = len(load_dataset(cfg).test_y)
-    budget = controls_budget(cfg)
-    x = inputs_from_tables(folder, cfg.keep_drop, {m: budget.describe(m, n_test) for m in cfg.controls.modes})
+    x = inputs_from_tables(folder, cfg.keep_drop)            # first: a folder without the tables fails at once
+    n_test, budget = len(load_dataset(cfg).test_y), controls_budget(cfg)
+    x.modes = {m: budget.describe(m, n_test) for m in cfg.controls.modes}
     rows = claim_table(x)
     if out is not None:
         write_claim(rows, cfg, n_test, out, x.protocols, rebuilt=True)

@@ -93,3 +93,11 @@ def test_missing_tables_are_named(tmp_path):
     with pytest.raises(CmiError, match="missing controls_verdict.csv, controls_kept_counts.csv, "
                                        "controls_saturation.csv, 01_census_summary.csv"):
         inputs_from_tables(tmp_path, 0.01)
+
+
+def test_the_command_names_the_missing_tables(tmp_path, capsys):
+    from cmi.__main__ import main
+    assert main(["claim", "--profile", "smoke", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot rebuild the claim table from {tmp_path}: missing controls.csv") and not (
+        tmp_path / "claim.md").exists()

@@ -55,9 +55,12 @@ def test_authors_profiles_extend_their_base_with_the_authors_recipe():
         b, a = load_config(base), load_config(f"{base}-authors")
         assert a.profile == f"{base}-authors"
         assert (a.data, a.model, a.cmi, a.prune) == (b.data, b.model, b.cmi, b.prune)
-        # the controls differ only in the two criteria that test the constant-channel explanation
+        # the controls differ only in the two criteria that test the constant-channel explanation, and
+        # medium-authors runs the path ablation on one plan, as quick does (medium: on every plan)
         assert a.controls.criteria == b.controls.criteria + ("gamma", "constant-first")
-        assert dataclasses.replace(a.controls, criteria=b.controls.criteria) == b.controls
+        assert a.controls.ablation_plans == ("per-layer-scree-bidirectional",)
+        assert dataclasses.replace(a.controls, criteria=b.controls.criteria,
+                                   ablation_plans=b.controls.ablation_plans) == b.controls
         t = a.train
         assert (t.schedule, t.lr, t.weight_decay, t.decay_norm, t.label_smoothing, t.batch_size) == \
             ("onecycle", 0.01, 0.01, True, 0.0, 256)
@@ -283,4 +286,4 @@ def test_out_is_refused_where_a_command_writes_no_tables(capsys):
     from cmi.__main__ import main
     with pytest.raises(SystemExit) as e:
         main(["sweep", "--profile", "smoke", "--out", "/tmp/x"])
-    assert e.value.code == 2 and "--out is for train --seeds, controls, census and repairs, not sweep" in capsys.readouterr().err
+    assert e.value.code == 2 and "--out is for train --seeds, controls, claim, census and repairs, not sweep" in capsys.readouterr().err
