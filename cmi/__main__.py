@@ -89,28 +89,9 @@ def _run(args) -> int:
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in tables["timings_dict"].items()))
         print(f"tables and figure: {out.folder}/controls_*")
     elif args.command == "claim":
-        from .claim_tables import claim_from_tables
-        out = _outputs(cfg, args, "claim")
-        rows = claim_from_tables(cfg, out.folder, out)
-        out.finish()
-        for r in rows:
-            print(f"{r['answer']:>3}  {r['question']}")
-        print(f"rebuilt from the tables in {out.folder}: {out.folder}/claim.md")
+        _claim(cfg, args)
     elif args.command == "census":
-        from .census import census_report
-        from .plots import census_plot
-        from .run import prepare_run
-        out = _outputs(cfg, args, "01_census")
-        run = prepare_run(cfg, progress=not args.no_progress)
-        s = census_report(run, out)["summary"]
-        out.figure(census_plot(run.model, run.baseline.history, title=f"Channel census of the {cfg.profile} baseline"),
-                   "01_census")
-        out.finish()
-        print(f"{s['constant']} of {s['channels']} channels constant ({s['dead']} dead, {s['constant_positive']} "
-              f"constant > 0); {s['small_gamma']} with |γ| < 0.1·max; removing exactly them: "
-              + ", ".join(f"{k[4:]} {100 * v:.2f} %" for k, v in s.items() if k.startswith("acc_"))
-              + f" (baseline {100 * s['baseline']:.2f} %)")
-        print(f"tables and figure: {out.folder}/01_census*")
+        _census(cfg, args)
     elif args.command == "repairs":
         from .repairs_study import repair_report
         from .run import prepare_run
@@ -135,6 +116,35 @@ def _run(args) -> int:
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()))
         print(f"tables: {res.run.tables / 'results.csv'}, {res.run.tables / 'layers.csv'}")
     return 0
+
+
+def _claim(cfg, args) -> None:
+    """The claim table rebuilt from the tables in the output folder (cmi.claim_tables)."""
+    from .claim_tables import claim_from_tables
+    out = _outputs(cfg, args, "claim")
+    rows = claim_from_tables(cfg, out.folder, out)
+    out.finish()
+    for r in rows:
+        print(f"{r['answer']:>3}  {r['question']}")
+    print(f"rebuilt from the tables in {out.folder}: {out.folder}/claim.md")
+
+
+def _census(cfg, args) -> None:
+    """The channel census of the cached baseline (notebook 01's tables)."""
+    from .census import census_report
+    from .plots import census_plot
+    from .run import prepare_run
+    out = _outputs(cfg, args, "01_census")
+    run = prepare_run(cfg, progress=not args.no_progress)
+    s = census_report(run, out)["summary"]
+    out.figure(census_plot(run.model, run.baseline.history, title=f"Channel census of the {cfg.profile} baseline"),
+               "01_census")
+    out.finish()
+    print(f"{s['constant']} of {s['channels']} channels constant ({s['dead']} dead, {s['constant_positive']} "
+          f"constant > 0); {s['small_gamma']} with |γ| < 0.1·max; removing exactly them: "
+          + ", ".join(f"{k[4:]} {100 * v:.2f} %" for k, v in s.items() if k.startswith("acc_"))
+          + f" (baseline {100 * s['baseline']:.2f} %)")
+    print(f"tables and figure: {out.folder}/01_census*")
 
 
 def _outputs(cfg, args, notebook: str):
