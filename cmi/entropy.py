@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
@@ -91,21 +92,34 @@ def hadamard(*grams: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- entropies
+#: held while a thread of this process is inside :func:`single_thread` (reentrant: a nested call passes)
+_ONE_THREAD = threading.RLock()
+
+
 @contextmanager
 def single_thread(device: torch.device):
     """One intra-op thread on the CPU. LAPACK's threading of a small symmetric eigendecomposition
     costs more than it gains (N=256: 3.6 vs 4.2 ms on a 2-vCPU machine), and for spectra with a
     large cluster of near-zero eigenvalues, or with another process on the cores, it was measured
-    up to 300x slower (2.8 s vs 8 ms)."""
-    if device.type != "cpu" or torch.get_num_threads() == 1:
+    up to 300x slower (2.8 s vs 8 ms).
+
+    MKL's thread count, which LAPACK reads, is one for the whole process, and its eigenvalues for
+    N ≥ 128 differ in the last bits between one thread and two. So the Python threads of one process
+    (the two halves of a bi-directional plan) take turns here: had one left while the other was
+    inside, it would have restored two threads under the other's eigendecomposition, and the plans
+    would have depended on how the threads interleaved."""
+    if device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    with _ONE_THREAD:
+        before = torch.get_num_threads()
+        if before != 1:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if before != 1:
+                torch.set_num_threads(before)
 
 
 def cpu_workers() -> int:

@@ -146,3 +146,45 @@ def test_eigvalsh_on_threads_is_bit_identical_to_one_call(workers):
     one = torch.linalg.eigvalsh(a)
     assert torch.equal(eigvalsh(a, workers), one)
     assert torch.equal(eigvalsh(a[0], workers), one[0])    # a single matrix is not split
+
+
+
+def test_single_thread_lets_one_thread_of_the_process_in_at_a_time():
+    """The two halves of a bi-directional plan both solve eigenproblems: while one is inside, the
+    other waits (else its leaving would give LAPACK two threads under the other's solve); each is
+    solved on one thread, and the process gets its count back."""
+    import threading
+
+    from cmi.entropy import single_thread
+
+    before, cpu = torch.get_num_threads(), torch.device("cpu")
+    a_in, release, b_in = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with single_thread(cpu):
+            with single_thread(cpu):              # nested in one thread: no deadlock
+                a_in.set()
+                release.wait(10)
+                seen["a"] = torch.get_num_threads()
+
+    def b():
+        a_in.wait(10)
+        with single_thread(cpu):
+            b_in.set()
+            seen["b"] = torch.get_num_threads()
+
+    torch.set_num_threads(2)
+    try:
+        threads = [threading.Thread(target=f) for f in (a, b)]
+        for t in threads:
+            t.start()
+        assert a_in.wait(10) and not b_in.wait(0.3)      # b waits while a is inside
+        release.set()
+        for t in threads:
+            t.join(20)
+        assert b_in.is_set() and seen == {"a": 1, "b": 1}
+        assert torch.get_num_threads() == 2
+    finally:
+        release.set()
+        torch.set_num_threads(before)
