@@ -103,11 +103,12 @@ def single_thread(device: torch.device):
     large cluster of near-zero eigenvalues, or with another process on the cores, it was measured
     up to 300x slower (2.8 s vs 8 ms).
 
-    MKL's thread count, which LAPACK reads, is one for the whole process, and its eigenvalues for
-    N ≥ 128 differ in the last bits between one thread and two. So the Python threads of one process
-    (the two halves of a bi-directional plan) take turns here: had one left while the other was
-    inside, it would have restored two threads under the other's eigendecomposition, and the plans
-    would have depended on how the threads interleaved."""
+    MKL's thread count is one for the whole process, and what it computes depends on it in the last
+    bits (eigenvalues for N ≥ 128; a Gram product of N = 32 samples of 1024 pixels). So the Python
+    threads of one process take turns here (the two halves of a bi-directional plan rank in turn,
+    :func:`cmi.ranking.rank_channels` runs inside): had one left while the other was inside, it would
+    have restored two threads under the other's arithmetic, and a plan would have depended on how
+    the threads interleaved (a test comparing plans made in two processes failed under load)."""
     if device.type != "cpu":
         yield
         return

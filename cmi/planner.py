@@ -204,7 +204,7 @@ def plan(run, spec: Spec, *, criterion: str = "cmi", progress: bool = True) -> t
     in ``run.folder`` by content and shared by plans; the plan's progress is saved after every layer
     (``plans/<settings hash>/<name>.json``): an interrupted plan resumes after its last finished layer,
     a finished one is loaded. ``prune.parallel`` runs the two bi-directional halves concurrently (the
-    result is the same either way).
+    result is the same either way: their rankings take turns, :func:`cmi.entropy.single_thread`).
 
     Returns:
         ``(plan, loaded)``: ``loaded`` is True when the finished plan came whole from the cache.

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from .device import resolve_device
-from .entropy import cpu_workers
+from .entropy import cpu_workers, single_thread
 from .grams import (EntropyCounter, channel_grams, check_inputs, default_chunk, degenerate_grams,
                     variable_gram)
 from .names import SATURATION_TOL
@@ -142,11 +142,15 @@ def rank_channels(features: Tensor, labels: Tensor, *, inputs: Tensor | None = N
         raise ValueError(f"workers must be a positive int or None (all cores), got {workers!r}")
     features, labels, inputs, condition, k = check_inputs(
         features, labels, inputs, condition, alpha, num_classes, permutation, saturation_tol, dtype, chunk)
-    lay = _layer_grams(features, labels, inputs, condition, k, alpha, sigma, device, dtype, chunk, desc,
-                       cpu_workers() if workers is None else workers)
-    run = _greedy(lay, bool(condition), permutation, permute_condition, saturation_tol, seed, progress, desc)
-    if run.saturated_at is not None:
-        _saturated_tail(lay, run, bool(condition))
+    workers = cpu_workers() if workers is None else workers
+    # One intra-op thread for the ranking's own arithmetic: MKL splits a small Gram product's long inner
+    # dimension (N = 32, d = 1024) over its threads, so the bits would depend on the thread count, and
+    # on what another Python thread of the process set it to. Its parallelism is the workers' pool.
+    with single_thread(resolve_device(device)):
+        lay = _layer_grams(features, labels, inputs, condition, k, alpha, sigma, device, dtype, chunk, desc, workers)
+        run = _greedy(lay, bool(condition), permutation, permute_condition, saturation_tol, seed, progress, desc)
+        if run.saturated_at is not None:
+            _saturated_tail(lay, run, bool(condition))
     if lay.dev.type == "cuda":
         torch.cuda.synchronize(lay.dev)
     return Ranking(order=run.order, cmi=run.cmi, objective=run.objective, mi_labels=run.mi_labels,

@@ -324,3 +324,23 @@ def test_gathered_entropies_equal_the_plain_batch_bit_for_bit():
     for workers in (2, 3):
         ent = EntropyCounter(1.01, chunk=3, workers=workers)
         assert torch.equal(ent.gathered(k, idx, mult), plain) and ent.count == len(idx)
+
+
+def test_a_ranking_is_the_same_bits_whatever_the_process_thread_count():
+    """32 samples of 1024-pixel inputs: MKL splits that Gram product's inner dimension over its threads,
+    so computed on the process's threads its bits (I(input; S) here) depend on their number. The ranking
+    runs its arithmetic on one thread, so 1 and 2 process threads give the same ranking, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(32, 6, 8, 8, generator=g, dtype=torch.float64)
+    inputs = torch.rand(32, 1, 32, 32, generator=g, dtype=torch.float64)
+    labels = torch.arange(32) % 4
+    before = torch.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            r = rank_channels(feats, labels, inputs=inputs, sigma="median", saturation_tol=0.0, device="cpu")
+            got.append({k: v for k, v in r.to_dict().items() if k != "seconds"})
+    finally:
+        torch.set_num_threads(before)
+    assert got[0] == got[1]
