@@ -83,11 +83,12 @@ def inputs_from_tables(folder: Path, max_drop: float, modes: dict[str, str] | No
     criteria = tuple(c[:-len(" mean (%)")] for c in columns if c.endswith(" mean (%)"))
     census = table["01_census_summary"][0]
     summary = table["controls"]
-    constant_removed = {(r["protocol"], r["plan"]): (r["filters_total"] - r["filters_kept"], None)
-                        for r in summary if r["criterion"] == "cmi"}
     if (folder / "controls_constant_removed.csv").is_file():
         constant_removed = {(r["protocol"], r["plan"]): (r["filters removed"], r["constant removed"])
                             for r in read_rows(folder / "controls_constant_removed.csv")}
+    else:
+        constant_removed = {(r["protocol"], r["plan"]): (r["filters_total"] - r["filters_kept"], None)
+                            for r in summary if r["criterion"] == "cmi"}
     ablation = None
     if (folder / "09_path_ablation.csv").is_file():
         ablation = untitled(read_rows(folder / "09_path_ablation.csv"), ABLATION, {"switched": SWITCHED})
