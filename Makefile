@@ -103,7 +103,11 @@ strip: env
 		if [c.update(execution_count=1) for c in nb.cells if c.get("metadata", {}).get("keep_output")] or 1]' \
 		$(NOTEBOOKS)
 
+CLAIMS = quick=figures/quick-fashion-mnist medium=figures/medium-fashion-mnist \
+	quick-authors=figures/quick-authors-fashion-mnist medium-authors=figures/medium-authors-fashion-mnist
+
 readme: env
+	$(PY) -m cmi.claim_tables figures/claims.md $(CLAIMS)
 	$(PY) -c 'from pathlib import Path; from cmi.outputs import fill_includes; from cmi.store import atomic_write_text; \
 		[atomic_write_text(p, fill_includes(p.read_text(), Path("."))) for p in [Path("README.md"), *sorted(Path("docs").glob("*.md"))]]'
 

@@ -116,3 +116,53 @@ def claim_from_tables(cfg, folder: Path, out=None) -> list[dict]:
     if out is not None:
         write_claim(rows, cfg, n_test, out, x.protocols, rebuilt=True)
     return rows
+
+
+def _short(cell: str) -> str:
+    """'no: 0 of 18 plans; ...' -> 'no'; '' (a protocol the study did not run) -> ''."""
+    return (cell or "").split(":", 1)[0]
+
+
+def side_by_side(folders: dict[str, Path]) -> list[dict]:
+    """The claim tables of several studies ({column: folder with claim.csv}) as one table: a row per
+    question, matched by the file that answers it and its place among that file's questions (their
+    wording differs with the criteria a study ran), each cell that study's answer per protocol."""
+    rows: dict[tuple[str, int], dict] = {}
+    for column, folder in folders.items():
+        seen: dict[str, int] = {}
+        for r in read_rows(Path(folder) / "claim.csv"):
+            key = (r["file"], seen.setdefault(r["file"], 0))
+            seen[r["file"]] += 1
+            answers = {p: _short(r.get(p)) for p in ("paper", "authors") if _short(r.get(p))}
+            row = rows.setdefault(key, {"question": r["question"]})
+            row[column] = (next(iter(answers.values())) if len(set(answers.values())) == 1
+                           else ", ".join(f"{p} {a}" for p, a in answers.items()))
+    return [{**{"question": r["question"]}, **{c: r.get(c, "–") for c in folders}} for r in rows.values()]
+
+
+def write_side_by_side(folders: dict[str, Path], path: Path) -> None:
+    """:func:`side_by_side` as Markdown at ``path``, its title naming each column's profile, dataset
+    and hardware (from the caption of that folder's claim.md)."""
+    import re
+
+    import pandas as pd
+
+    from .outputs import _markdown
+    from .store import atomic_write_text
+
+    captions = []
+    for column, folder in folders.items():
+        first = (Path(folder) / "claim.md").read_text().splitlines()[0]
+        caption = re.search(r"\(profile (.*)\)\s*$", first)
+        captions.append(f"{column}: {caption[1] if caption else 'no caption'}")
+    title = ("**The claim tables side by side: each study's answer (per protocol where they differ); "
+             "– where the study did not ask. The question's wording is the first study's; each answer's "
+             "numbers are in that study's claim.md.** (" + "; ".join(captions) + ")")
+    table = _markdown(pd.DataFrame(side_by_side(folders)), ".4g")
+    atomic_write_text(Path(path), f"{title}\n\n{table}\n")
+
+
+if __name__ == "__main__":      # python -m cmi.claim_tables OUT.md COLUMN=FOLDER ...  (make readme)
+    import sys
+
+    write_side_by_side(dict(a.split("=", 1) for a in sys.argv[2:]), Path(sys.argv[1]))

@@ -101,3 +101,30 @@ def test_the_command_names_the_missing_tables(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot rebuild the claim table from {tmp_path}: missing controls.csv") and not (
         tmp_path / "claim.md").exists()
+
+
+def test_side_by_side_matches_questions_by_file_and_place(tmp_path):
+    """Two studies: the second words its verdict rows differently and runs no repairs; rows match by
+    (file, place among that file's rows), protocols that disagree are named, a question not asked is –."""
+    import csv
+
+    from cmi.claim_tables import side_by_side
+
+    def write(folder, rows):
+        folder.mkdir()
+        with open(folder / "claim.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, ["question", "answer", "paper", "authors", "file"])
+            w.writeheader()
+            w.writerows(rows)
+
+    write(tmp_path / "a", [
+        {"question": "v masked (a's words)", "paper": "no: 1/9", "authors": "no: 0/9", "file": "controls_verdict.md"},
+        {"question": "v recal (a's words)", "paper": "yes: 8/9", "authors": "no: 2/9", "file": "controls_verdict.md"},
+        {"question": "repairs?", "paper": "no: x", "authors": "no: y", "file": "10_repairs.md"}])
+    write(tmp_path / "b", [
+        {"question": "v masked (b's words)", "paper": "yes: 7/9", "authors": "", "file": "controls_verdict.md"},
+        {"question": "v recal (b's words)", "paper": "no: 3/9", "authors": "", "file": "controls_verdict.md"}])
+    assert side_by_side({"A": tmp_path / "a", "B": tmp_path / "b"}) == [
+        {"question": "v masked (a's words)", "A": "no", "B": "yes"},
+        {"question": "v recal (a's words)", "A": "paper yes, authors no", "B": "no"},
+        {"question": "repairs?", "A": "no", "B": "–"}]
